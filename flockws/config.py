@@ -1,0 +1,67 @@
+"""Configuration of the WebSocket component: Flock's documented fields plus the server's limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .broadcast import DEFAULT_FRAGMENT_SIZE, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_MAX_MESSAGES
+from .protocol import DEFAULT_MAX_MESSAGE_SIZE
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+@dataclass
+class WebSocketComponentConfig:
+    """Configuration for :class:`~flockws.WebSocketServerComponent`.
+
+    The first four fields and their defaults are Flock's documented contract.
+    The rest are the server's limits, each with a safe default; every one is
+    checked at construction and a bad value raises :class:`ConfigError` naming
+    the field.
+    """
+
+    prefix: str = "/plugin/"
+    tags: list[str] = field(default_factory=lambda: ["WebSocket"])
+    heartbeat_interval: float = 120
+    enable_heartbeat: bool = False
+    # -- limits (not in Flock's page; names and defaults are ours)
+    pong_timeout: float = 20.0
+    queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES
+    queue_max_messages: int = DEFAULT_QUEUE_MAX_MESSAGES
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    fragment_size: int = DEFAULT_FRAGMENT_SIZE
+    handshake_timeout: float = 10.0
+    close_timeout: float = 5.0
+    max_connections: int | None = None
+    stream_coalesce_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prefix, str) or not self.prefix.startswith("/"):
+            raise ConfigError(f"prefix must be a string starting with '/', got {self.prefix!r}")
+        if any(c in self.prefix for c in "?#") or any(c.isspace() for c in self.prefix):
+            raise ConfigError(f"prefix must be a plain path without '?', '#' or spaces, got {self.prefix!r}")
+        if not isinstance(self.tags, list) or not all(isinstance(t, str) for t in self.tags):
+            raise ConfigError(f"tags must be a list of strings, got {self.tags!r}")
+        if not isinstance(self.enable_heartbeat, bool):
+            raise ConfigError(f"enable_heartbeat must be a bool, got {self.enable_heartbeat!r}")
+        for name in ("heartbeat_interval", "pong_timeout", "handshake_timeout", "close_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        for name in ("queue_max_bytes", "queue_max_messages", "max_message_size", "fragment_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_connections is not None and (
+            isinstance(self.max_connections, bool) or not isinstance(self.max_connections, int) or self.max_connections <= 0
+        ):
+            raise ConfigError(f"max_connections must be a positive integer or None, got {self.max_connections!r}")
+        if isinstance(self.stream_coalesce_ms, bool) or not isinstance(self.stream_coalesce_ms, int | float) or self.stream_coalesce_ms < 0:
+            raise ConfigError(f"stream_coalesce_ms must be a number >= 0, got {self.stream_coalesce_ms!r}")
+
+    @property
+    def endpoint(self) -> str:
+        """The WebSocket path: ``prefix`` + ``ws`` (``/plugin/`` -> ``/plugin/ws``, ``/realtime`` -> ``/realtime/ws``)."""
+        return self.prefix.rstrip("/") + "/ws"

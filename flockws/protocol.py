@@ -1,0 +1,432 @@
+"""Sans-IO server connection: HTTP/1.1 (h11) until an upgrade, then WebSocket (wsproto).
+
+``ServerProtocol`` owns no socket, no clock and no task.  Feed it bytes with
+:meth:`ServerProtocol.receive_data`, read what happened with
+:meth:`ServerProtocol.events`, and write :meth:`ServerProtocol.data_to_send`
+to the peer.  Routing decisions (which path is served, which origin is
+allowed) belong to the caller: a complete request surfaces as a
+:class:`Request` event and the caller answers it with :meth:`accept` or
+:meth:`respond`.  Everything the RFC decides on its own (pong for ping, the
+close reply, the close code for a bad frame) the core does by itself.
+
+No input makes it raise: malformed HTTP becomes a 400/431 response, a bad
+frame becomes a close frame with the RFC 6455 code, and once closed it
+ignores further input.  Only misuse by the caller (answering a request that
+was never asked) raises :class:`ProtocolUsageError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+from dataclasses import dataclass, field
+
+import h11
+from wsproto.connection import Connection as WSConnection
+from wsproto.connection import ConnectionState as WSState
+from wsproto.connection import ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping as WSPing, Pong as WSPong, TextMessage
+
+# Close codes used by the server (RFC 6455 section 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_ABNORMAL = 1006  # never sent: reported when the TCP stream ends without a close
+CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011  # also: heartbeat pong timeout
+CLOSE_TRY_AGAIN_LATER = 1013  # slow consumer
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
+DEFAULT_MAX_HEADER_SIZE = 16 * 1024
+
+
+class State(enum.Enum):
+    HTTP = "http"  # reading HTTP/1.1 requests (possibly several, keep-alive)
+    OPEN = "open"  # WebSocket open
+    CLOSING = "closing"  # we sent a close and wait for the peer's
+    CLOSED = "closed"  # nothing more will be read or produced
+
+
+class ProtocolUsageError(RuntimeError):
+    """The caller used the protocol object out of order (a bug in the caller)."""
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A complete HTTP request; answer with ``accept()`` or ``respond()``.
+
+    ``upgrade_error`` is ``None`` for a plain request or a valid WebSocket
+    upgrade (``websocket`` is then True), else the ``(status, reason)`` the
+    request deserves as an upgrade: the caller decides whether a 404 for the
+    path takes precedence.
+    """
+
+    method: str
+    target: str
+    headers: tuple[tuple[str, str], ...]
+    websocket: bool = False
+    upgrade_error: tuple[int, str] | None = None
+    offered_extensions: tuple[str, ...] = ()
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> str:
+        return self.target.split("?", 1)[1] if "?" in self.target else ""
+
+    def header(self, name: str) -> str | None:
+        """First value of a header (names are lower-case), or None."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPError:
+    """The peer sent malformed HTTP; the core already queued ``status`` and will close."""
+
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A complete inbound message: ``str`` for text, ``bytes`` for binary."""
+
+    data: str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    payload: bytes  # the pong is already queued
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The WebSocket is finished; flush ``data_to_send()`` and close the stream.
+
+    ``code`` is the code the peer sent (``by_peer``), the code we closed with
+    after a protocol error, or 1006 when the stream simply ended.
+    """
+
+    code: int
+    reason: str = ""
+    by_peer: bool = False
+
+
+Event = Request | HTTPError | Message | Ping | Pong | Closed
+
+
+def accept_token(key: str) -> str:
+    return base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
+
+
+def _tokens(value: str | None) -> set[str]:
+    if not value:
+        return set()
+    return {part.strip().lower() for part in value.split(",")}
+
+
+def check_upgrade(method: str, headers: dict[str, str]) -> tuple[bool, tuple[int, str] | None]:
+    """Classify a request: (is a WebSocket upgrade attempt, error or None).
+
+    RFC 6455 section 4.2.1.  A request without ``Upgrade: websocket`` is plain
+    HTTP.  Returns 426 for an unsupported version so the client can retry with
+    13, and 400 for everything else malformed.
+    """
+    if "websocket" not in _tokens(headers.get("upgrade")):
+        return False, None
+    if method != "GET":
+        return True, (400, "WebSocket upgrade requires GET")
+    if "upgrade" not in _tokens(headers.get("connection")):
+        return True, (400, "Connection header must contain 'upgrade'")
+    key = headers.get("sec-websocket-key")
+    if key is None:
+        return True, (400, "missing Sec-WebSocket-Key")
+    try:
+        decoded = base64.b64decode(key.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if len(decoded) != 16:
+        return True, (400, "Sec-WebSocket-Key must be base64 of 16 bytes")
+    version = headers.get("sec-websocket-version")
+    if version is None:
+        return True, (400, "missing Sec-WebSocket-Version")
+    if version.strip() != "13":
+        return True, (426, "unsupported Sec-WebSocket-Version; this server speaks 13")
+    return True, None
+
+
+# ---------------------------------------------------------------- protocol
+
+
+class ServerProtocol:
+    """One server-side connection, from the first request byte to the close.
+
+    ``max_message_size`` bounds an inbound message: the core counts bytes as
+    wsproto streams them and closes with 1009 as soon as the bound is passed,
+    without holding the whole message.  ``max_header_size`` bounds the
+    request head (h11 answers 431 beyond it).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+    ) -> None:
+        self.max_message_size = max_message_size
+        self.state = State.HTTP
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
+        self._ws: WSConnection | None = None
+        self._out: list[bytes] = []
+        self._pending: Request | None = None  # a request awaiting accept()/respond()
+        self._parts: list[str | bytes] = []
+        self._size = 0
+
+    # -------------------------------------------------------- input/output
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; ``b""`` means the peer closed its side."""
+        if self.state is State.CLOSED:
+            return
+        if self._ws is None:
+            self._h11.receive_data(data)
+        elif not data:
+            self._ws.receive_data(None)
+        elif self._ws.state in (WSState.OPEN, WSState.LOCAL_CLOSING):
+            self._ws.receive_data(data)
+
+    def events(self) -> list[Event]:
+        """Events produced by the data fed so far."""
+        if self.state is State.CLOSED:
+            return []
+        if self._ws is None:
+            return self._http_events()
+        return self._ws_events()
+
+    @property
+    def has_partial_request(self) -> bool:
+        """True while part of an HTTP request has arrived (for idle vs. slow-handshake timeouts)."""
+        return self._ws is None and self.state is State.HTTP and bool(self._h11.trailing_data[0])
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    # -------------------------------------------------------- HTTP phase
+
+    def _http_events(self) -> list[Event]:
+        if self._pending is not None:
+            return []  # one request at a time; pipelined ones wait in h11's buffer
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                reason = "request header section too large" if status == 431 else "malformed HTTP request"
+                self._fail_http(status, reason)
+                return [HTTPError(status, reason)]
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return []
+            if isinstance(event, h11.ConnectionClosed):
+                self.state = State.CLOSED
+                return [Closed(CLOSE_ABNORMAL)]
+            if isinstance(event, h11.Request):
+                self._pending = self._make_request(event)
+            elif isinstance(event, h11.EndOfMessage) and self._pending is not None:
+                # The body (if any) was discarded as it arrived; the request is whole.
+                return [self._pending]
+            # h11.Data: request bodies are not used by any endpoint; drop them.
+
+    @staticmethod
+    def _make_request(event: h11.Request) -> Request:
+        headers = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers)
+        first: dict[str, str] = {}
+        for key, value in headers:
+            if key in first and key in ("connection", "upgrade", "sec-websocket-extensions"):
+                first[key] += ", " + value  # list-valued headers may be split over lines
+            elif key in first and key.startswith("sec-websocket-"):
+                first[key] = "\0duplicate"  # a repeated single-valued header is malformed
+            else:
+                first.setdefault(key, value)
+        method = event.method.decode("latin-1")
+        websocket, error = check_upgrade(method, first)
+        offered = tuple(
+            ext.split(";", 1)[0].strip() for ext in first.get("sec-websocket-extensions", "").split(",") if ext.strip()
+        )
+        return Request(
+            method=method,
+            target=event.target.decode("latin-1"),
+            headers=headers,
+            websocket=websocket and error is None,
+            upgrade_error=error,
+            offered_extensions=offered,
+        )
+
+    def _fail_http(self, status: int, reason: str) -> None:
+        # h11 refuses to send after a remote error; build the response by hand.
+        body = (reason + "\n").encode()
+        self._out.append(
+            f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}\r\n"
+            f"content-type: text/plain; charset=utf-8\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n".encode()
+            + body
+        )
+        self.state = State.CLOSED
+
+    def respond(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: list[tuple[str, str]] | None = None,
+        *,
+        close: bool = False,
+    ) -> None:
+        """Answer the pending request with a complete HTTP response.
+
+        The connection stays open for the next request unless ``close`` is set,
+        the client asked to close, or the request was a refused upgrade (the
+        client will not reuse it and keeping it costs a slot).
+        """
+        request = self._take_pending()
+        close = close or request.websocket or request.upgrade_error is not None
+        hdrs = [(k, v) for k, v in (headers or [])]
+        names = {k.lower() for k, _ in hdrs}
+        if "content-length" not in names:
+            hdrs.append(("content-length", str(len(body))))
+        if close:
+            hdrs.append(("connection", "close"))
+        self._out.append(self._h11.send(h11.Response(status_code=status, headers=hdrs, reason=_PHRASES.get(status, "").encode())) or b"")
+        if body and request.method != "HEAD":
+            self._out.append(self._h11.send(h11.Data(data=body)) or b"")
+        self._out.append(self._h11.send(h11.EndOfMessage()) or b"")
+        if close or self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
+            self.state = State.CLOSED
+        else:
+            self._h11.start_next_cycle()
+
+    def accept(self, headers: list[tuple[str, str]] | None = None) -> None:
+        """Complete the opening handshake for the pending WebSocket request.
+
+        No extension is accepted: a ``permessage-deflate`` offer is declined by
+        leaving it out of the response (RFC 7692 section 5), because broadcast
+        frames are encoded once for every client and per-connection zlib state
+        would cost more memory than the rest of the connection.
+        """
+        request = self._take_pending()
+        if not request.websocket:
+            raise ProtocolUsageError("accept() called for a request that is not a valid upgrade")
+        key = request.header("sec-websocket-key") or ""
+        hdrs = [
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-accept", accept_token(key.strip())),
+            *(headers or []),
+        ]
+        self._out.append(self._h11.send(h11.InformationalResponse(status_code=101, headers=hdrs, reason=b"Switching Protocols")) or b"")
+        trailing, _closed = self._h11.trailing_data
+        self._ws = WSConnection(ConnectionType.SERVER, trailing_data=bytes(trailing))
+        self._h11 = None  # type: ignore[assignment]  # its buffers are no longer needed
+        self.state = State.OPEN
+
+    def _take_pending(self) -> Request:
+        if self._pending is None:
+            raise ProtocolUsageError("no request is waiting for an answer")
+        request, self._pending = self._pending, None
+        return request
+
+    # -------------------------------------------------------- WebSocket phase
+
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Start the closing handshake (server-initiated close)."""
+        if self._ws is None or self.state is not State.OPEN:
+            return
+        self._out.append(self._ws.send(CloseConnection(code=code, reason=reason)))
+        self.state = State.CLOSING
+
+    def _ws_events(self) -> list[Event]:
+        ws = self._ws
+        assert ws is not None
+        result: list[Event] = []
+        for event in ws.events():
+            if isinstance(event, TextMessage | BytesMessage):
+                if self.state is not State.OPEN:
+                    continue  # data after our close is read and ignored (RFC 6455 5.5.1)
+                self._size += len(event.data) if isinstance(event, BytesMessage) else len(event.data.encode())
+                if self._size > self.max_message_size:
+                    result.append(self._fail(CLOSE_TOO_BIG, "message too big"))
+                    break
+                self._parts.append(event.data)
+                if event.message_finished:
+                    data = "".join(self._parts) if isinstance(event, TextMessage) else b"".join(self._parts)  # type: ignore[arg-type]
+                    self._parts.clear()
+                    self._size = 0
+                    result.append(Message(data))
+            elif isinstance(event, WSPing):
+                if self.state is State.OPEN:
+                    self._out.append(ws.send(event.response()))
+                result.append(Ping(bytes(event.payload)))
+            elif isinstance(event, WSPong):
+                result.append(Pong(bytes(event.payload)))
+            elif isinstance(event, CloseConnection):
+                result.append(self._on_close(ws, event))
+                break
+        return result
+
+    def _on_close(self, ws: WSConnection, event: CloseConnection) -> Closed:
+        if ws.state is WSState.REMOTE_CLOSING:  # the peer started the closing handshake
+            self._out.append(ws.send(event.response()))
+            self.state = State.CLOSED
+            return Closed(int(event.code), event.reason or "", by_peer=True)
+        if ws.state is WSState.CLOSED and event.code != CLOSE_ABNORMAL:  # the peer answered our close
+            self.state = State.CLOSED
+            return Closed(int(event.code), event.reason or "", by_peer=True)
+        if ws.state is WSState.CLOSED:  # EOF without a close frame
+            self.state = State.CLOSED
+            return Closed(CLOSE_ABNORMAL, "connection lost")
+        # A parse failure: wsproto reports it as a close event with the right code
+        # but leaves the connection open for us to send that close.
+        return self._fail(int(event.code), event.reason or "")
+
+    def _fail(self, code: int, reason: str) -> Closed:
+        """Close after a protocol violation: send the code and stop reading."""
+        assert self._ws is not None
+        if self.state is State.OPEN:
+            self._out.append(self._ws.send(CloseConnection(code=code, reason=reason)))
+        self.state = State.CLOSED
+        self._parts.clear()
+        return Closed(code, reason)
+
+
+_PHRASES = {
+    200: "OK",
+    204: "No Content",
+    304: "Not Modified",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    426: "Upgrade Required",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}

@@ -1,0 +1,300 @@
+"""The server: TCP listeners, HTTP routing across components, and graceful shutdown.
+
+One task accepts per listener; each accepted connection gets one task that
+reads requests until a handshake succeeds (then :class:`~flockws.connection.WebSocketIO`
+takes over) or the connection ends.  All of them live in task groups owned by
+:class:`Server`, which is an async context manager: leaving it (or cancelling
+:func:`serve`) stops accepting, sends 1001 to every client, waits at most
+``close_timeout`` for them, and aborts what is left.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import ByteStream, SocketAttribute, TaskStatus
+
+from .broadcast import Client
+from .components import ServerComponent, WebSocketServerComponent
+from .connection import STREAM_GONE, WebSocketIO
+from .http import Response
+from .protocol import CLOSE_GOING_AWAY, DEFAULT_MAX_HEADER_SIZE, Closed, HTTPError, Request, ServerProtocol, State
+
+log = logging.getLogger("flockws")
+
+HEALTH_PATH = "/healthz"
+ASYNCAPI_PATH = "/asyncapi.json"
+
+
+class Server:
+    """A running flockws server; use as ``async with Server(...) as server``.
+
+    Inside the block the listeners are bound (``server.port`` is the real port
+    when ``port=0``) and connections are served by background tasks that the
+    server owns.  Leaving the block shuts down gracefully.
+    """
+
+    def __init__(
+        self,
+        components: Sequence[ServerComponent] | None = None,
+        *,
+        host: str | Sequence[str] | None = "127.0.0.1",
+        port: int = 8000,
+        handshake_timeout: float | None = None,
+        close_timeout: float | None = None,
+        max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+        dashboard: bool = False,
+    ) -> None:
+        components = list(components or [])
+        if dashboard:
+            from .dashboard import with_dashboard
+
+            components = with_dashboard(components)
+        self.components = sorted(components, key=lambda c: c.priority)
+        self.websockets = [c for c in self.components if isinstance(c, WebSocketServerComponent)]
+        self.host = host
+        self.requested_port = port
+        configs = [c.config for c in self.websockets]
+        self.handshake_timeout = handshake_timeout or max((c.handshake_timeout for c in configs), default=10.0)
+        self.close_timeout = close_timeout or max((c.close_timeout for c in configs), default=5.0)
+        self.max_header_size = max_header_size
+        self.addresses: list[tuple[str, int]] = []
+        self._stack: AsyncExitStack | None = None
+        self._connections: anyio.abc.TaskGroup | None = None
+        self._accepting: anyio.CancelScope | None = None
+        self._open_streams = 0
+        self._drained: anyio.Event | None = None  # set when the last stream closes during shutdown
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    def url(self, path: str = "/", scheme: str = "ws") -> str:
+        host, port = self.addresses[0]
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}:{port}{path}"
+
+    async def __aenter__(self) -> Server:
+        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.requested_port)
+        listeners = getattr(listener, "listeners", [listener])
+        self.addresses = [lst.extra(SocketAttribute.local_address)[:2] for lst in listeners]
+        token = anyio.lowlevel.current_token()
+        for component in self.websockets:
+            component.manager._token = token
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(listener.aclose)
+            self._connections = await stack.enter_async_context(anyio.create_task_group())
+            background = await stack.enter_async_context(anyio.create_task_group())
+            self._accepting = background.cancel_scope
+            for lst in listeners:
+                background.start_soon(self._accept_loop, lst)
+            for component in self.components:
+                background.start_soon(component.run)
+            self._stack = stack.pop_all()
+        log.info("flockws listening on %s", ", ".join(f"{h}:{p}" for h, p in self.addresses))
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        stack, self._stack = self._stack, None
+        assert stack is not None, "Server was not entered"
+        with anyio.CancelScope(shield=True):
+            await self.shutdown()
+        return await stack.__aexit__(*exc_info)
+
+    async def shutdown(self) -> None:
+        """Stop accepting, send 1001 to every client, wait ``close_timeout``, abort the rest."""
+        if self._accepting is not None:
+            self._accepting.cancel()
+        for component in self.websockets:
+            component.manager.close_all(CLOSE_GOING_AWAY, "server shutdown")
+            component.manager._token = None
+        if self._open_streams:
+            self._drained = anyio.Event()
+            with anyio.move_on_after(self.close_timeout):
+                await self._drained.wait()
+        if self._connections is not None:
+            self._connections.cancel_scope.cancel()
+
+    # ------------------------------------------------------------ accepting
+
+    async def _accept_loop(self, listener: anyio.abc.Listener[ByteStream]) -> None:
+        assert self._connections is not None
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: back off instead of spinning; existing clients go on.
+                    log.warning("accept failed (%s); retrying in 100 ms", exc)
+                    await anyio.sleep(0.1)
+                    continue
+                raise
+            self._connections.start_soon(self._handle, stream)
+
+    async def _handle(self, stream: ByteStream) -> None:
+        self._open_streams += 1
+        clean = False
+        try:
+            clean = await self._serve_stream(stream)
+        except Exception:
+            log.exception("connection handler failed")
+        finally:
+            self._open_streams -= 1
+            if not self._open_streams and self._drained is not None:
+                self._drained.set()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.close_timeout):
+                if clean:
+                    await stream.aclose()
+                else:
+                    await anyio.aclose_forcefully(stream)
+
+    async def _serve_stream(self, stream: ByteStream) -> bool:
+        """Serve HTTP requests until one upgrades, then run the WebSocket; True if it ended cleanly."""
+        proto = ServerProtocol(max_header_size=self.max_header_size)
+        remote = _remote(stream)
+        first = True
+        while proto.state is State.HTTP:
+            event: Any = None
+            with anyio.move_on_after(self.handshake_timeout):
+                event = await _next_request(stream, proto)
+            if event is None:
+                if first or proto.has_partial_request:
+                    self._count_failure("handshake timeout")
+                return False
+            first = False
+            if isinstance(event, Closed):
+                return False
+            if isinstance(event, HTTPError):
+                self._count_failure(f"http {event.status}")
+            else:
+                component = await self._answer(proto, event)
+                if component is not None:
+                    await stream.send(proto.data_to_send())
+                    return await self._run_websocket(stream, proto, component, remote, event)
+            try:
+                await stream.send(proto.data_to_send())
+            except STREAM_GONE:
+                return False
+        return True
+
+    async def _run_websocket(
+        self,
+        stream: ByteStream,
+        proto: ServerProtocol,
+        component: WebSocketServerComponent,
+        remote: str,
+        request: Request,
+    ) -> bool:
+        manager = component.manager
+        proto.max_message_size = component.config.max_message_size
+        client = Client(manager, remote=remote, path=request.path)
+        manager.add(client)
+        io = WebSocketIO(stream, proto, client, component)
+        try:
+            await io.run()
+        finally:
+            client.closing = True
+            manager.discard(client)
+        return io.closed_cleanly
+
+    # ------------------------------------------------------------ routing
+
+    def _count_failure(self, reason: str) -> None:
+        for component in self.websockets[:1]:
+            component.manager.handshake_failures[reason] += 1
+
+    async def _answer(self, proto: ServerProtocol, request: Request) -> WebSocketServerComponent | None:
+        """Answer one request; return the component if it was accepted as a WebSocket."""
+        path = request.path
+        target = next((c for c in self.websockets if c.serves_websocket(path)), None)
+        response: Response | None = None
+        if request.websocket or request.upgrade_error:
+            if target is None:
+                response = Response.text(404, f"no WebSocket endpoint at {path}")
+            elif request.upgrade_error:
+                status, reason = request.upgrade_error
+                extra = [("sec-websocket-version", "13")] if status == 426 else []
+                response = Response.text(status, reason, extra)
+            else:
+                for component in self.components:
+                    response = component.allow_websocket(request)
+                    if response is not None:
+                        break
+            if response is None:
+                assert target is not None
+                proto.accept()
+                return target
+            target_stats = target or (self.websockets[0] if self.websockets else None)
+            if target_stats is not None:
+                target_stats.manager.handshake_failures[str(response.status)] += 1
+        elif target is not None:
+            response = Response.text(
+                426, "this is a WebSocket endpoint; connect with a WebSocket client",
+                [("upgrade", "websocket"), ("sec-websocket-version", "13")],
+            )
+        elif path == HEALTH_PATH and request.method in ("GET", "HEAD"):
+            response = Response.text(200, "ok")
+        elif path == ASYNCAPI_PATH and request.method in ("GET", "HEAD"):
+            from .asyncapi import build_document
+
+            response = Response.json(build_document(self.components))
+        else:
+            for component in self.components:
+                response = await component.handle_http(request)
+                if response is not None:
+                    break
+            if response is None:
+                response = Response.text(404, f"not found: {path}")
+        for component in self.components:
+            component.decorate(request, response)
+        proto.respond(response.status, response.body, response.headers, close=response.close)
+        return None
+
+
+async def _next_request(stream: ByteStream, proto: ServerProtocol) -> Request | HTTPError | Closed:
+    while True:
+        for event in proto.events():
+            if isinstance(event, Request | HTTPError | Closed):
+                return event
+        if proto.state is State.CLOSED:
+            return Closed(1006)
+        try:
+            data = await stream.receive()
+        except STREAM_GONE:
+            data = b""
+        proto.receive_data(data)
+
+
+def _remote(stream: ByteStream) -> str:
+    try:
+        address = stream.extra(SocketAttribute.remote_address)
+    except Exception:
+        return "?"
+    if isinstance(address, tuple):
+        host, port = address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address)
+
+
+async def serve(
+    components: Sequence[ServerComponent] | None = None,
+    *,
+    dashboard: bool = False,
+    host: str | Sequence[str] | None = "127.0.0.1",
+    port: int = 8000,
+    task_status: TaskStatus[Server] = anyio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> None:
+    """Serve until cancelled.  With ``task_group.start(serve, ...)`` the running Server is returned."""
+    async with Server(components, host=host, port=port, dashboard=dashboard, **options) as server:
+        task_status.started(server)
+        await anyio.sleep(math.inf)
