@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from .frames import OP_PING, encode_frame, encode_message
@@ -56,6 +56,7 @@ class Client:
         "path",
         "principal",
         "manager",
+        "on_close",
         "__weakref__",
     )
 
@@ -70,6 +71,10 @@ class Client:
         self.path = path
         self.principal: Any = None
         self.manager = manager
+        # Set by the I/O layer: called once when a close is requested, so the
+        # connection can be aborted after its close timeout even if its writer
+        # is stuck in a send to a peer that stopped reading.
+        self.on_close: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Client {self.remote} {self.path} queued={len(self.queue)}>"
@@ -125,6 +130,8 @@ class Client:
             self.queued_bytes = 0
         self.manager.discard(self)
         self._wake()
+        if self.on_close is not None:
+            self.on_close()
 
 
 class WebSocketManager:

@@ -51,6 +51,7 @@ class WebSocketIO:
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
+            self.client.on_close = lambda: self._abort_after(tg.cancel_scope, self.close_timeout)
             tg.start_soon(self._write, tg.cancel_scope)
             try:
                 await self._read()
@@ -60,7 +61,11 @@ class WebSocketIO:
                 self.client.manager.discard(self.client)
                 self.client._wake()
                 # Whatever is left to flush (a close reply) gets close_timeout, no more.
-                tg.cancel_scope.deadline = min(tg.cancel_scope.deadline, anyio.current_time() + self.close_timeout)
+                self._abort_after(tg.cancel_scope, self.close_timeout)
+
+    @staticmethod
+    def _abort_after(scope: anyio.CancelScope, delay: float) -> None:
+        scope.deadline = min(scope.deadline, anyio.current_time() + delay)
 
     async def _read(self) -> None:
         proto, client, stream = self.proto, self.client, self.stream
