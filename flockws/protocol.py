@@ -194,6 +194,7 @@ class ServerProtocol:
         max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     ) -> None:
         self.max_message_size = max_message_size
+        self.max_header_size = max_header_size
         self.state = State.HTTP
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
         self._ws: WSConnection | None = None
@@ -252,6 +253,12 @@ class ServerProtocol:
                 self.state = State.CLOSED
                 return [Closed(CLOSE_ABNORMAL)]
             if isinstance(event, h11.Request):
+                if _head_size(event) > self.max_header_size:
+                    # h11 bounds only an *incomplete* head: one that arrives whole in a
+                    # single read passes its limit, so check the complete head too.
+                    reason = "request header section too large"
+                    self._fail_http(431, reason)
+                    return [HTTPError(431, reason)]
                 self._pending = self._make_request(event)
             elif isinstance(event, h11.EndOfMessage) and self._pending is not None:
                 # The body (if any) was discarded as it arrived; the request is whole.
@@ -416,6 +423,11 @@ class ServerProtocol:
         self.state = State.CLOSED
         self._parts.clear()
         return Closed(code, reason)
+
+
+def _head_size(event: h11.Request) -> int:
+    """The size of a request head on the wire, give or take the whitespace h11 strips."""
+    return len(event.method) + len(event.target) + 12 + sum(len(k) + len(v) + 4 for k, v in event.headers) + 2
 
 
 _PHRASES = {

@@ -1,0 +1,404 @@
+"""A raw wire-level client for tests: bytes in, bytes out, no WebSocket library.
+
+Tests that must assert *what is on the wire* (status lines, close codes,
+frame boundaries) cannot use a real client library, which hides exactly those
+details or refuses to send malformed input.  This module gives them:
+
+* pure helpers: :func:`handshake_request`, :func:`build_frame` (masked by
+  default, any opcode/RSV/FIN), :func:`close_payload`, and a sans-IO
+  :class:`FrameParser` for server frames;
+* :class:`WireClient`, a thin buffer over an anyio byte stream that sends raw
+  bytes, reads one HTTP response head+body, and reads frames/messages.
+
+Nothing here sleeps or retries; callers bound every read with
+``anyio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import ByteStream
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+
+class PeerClosed(Exception):
+    """The peer ended the TCP stream (EOF or reset) before the expected data arrived."""
+
+    def __init__(self, message: str, *, reset: bool = False, leftover: bytes = b"") -> None:
+        super().__init__(message)
+        self.reset = reset
+        self.leftover = leftover
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def make_key() -> str:
+    """A fresh random ``Sec-WebSocket-Key``."""
+    return base64.b64encode(os.urandom(16)).decode()
+
+
+def accept_for(key: str) -> str:
+    """The ``Sec-WebSocket-Accept`` a correct server answers to ``key``."""
+    return base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
+
+
+def http_request(
+    method: str = "GET",
+    target: str = "/",
+    headers: Iterable[tuple[str, str]] = (),
+    *,
+    host: str = "127.0.0.1",
+    body: bytes = b"",
+) -> bytes:
+    """An HTTP/1.1 request with exactly the given headers (plus Host, and Content-Length for a body)."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def handshake_request(
+    target: str = "/",
+    *,
+    key: str | None = None,
+    version: str | None = "13",
+    method: str = "GET",
+    upgrade: str | None = "websocket",
+    connection: str | None = "Upgrade",
+    extra: Iterable[tuple[str, str]] = (),
+    host: str = "127.0.0.1",
+) -> bytes:
+    """An opening handshake; pass ``None`` for a field to leave that header out."""
+    headers: list[tuple[str, str]] = []
+    if upgrade is not None:
+        headers.append(("Upgrade", upgrade))
+    if connection is not None:
+        headers.append(("Connection", connection))
+    headers.append(("Sec-WebSocket-Key", key if key is not None else make_key()))
+    if version is not None:
+        headers.append(("Sec-WebSocket-Version", version))
+    headers.extend(extra)
+    return http_request(method, target, headers, host=host)
+
+
+def close_payload(code: int | None, reason: str | bytes = b"") -> bytes:
+    """The payload of a close frame (empty when ``code`` is None)."""
+    if code is None:
+        return b""
+    reason_bytes = reason.encode() if isinstance(reason, str) else reason
+    return struct.pack("!H", code) + reason_bytes
+
+
+def build_frame(
+    opcode: int,
+    payload: bytes | str = b"",
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    mask: bool = True,
+    mask_key: bytes | None = None,
+) -> bytes:
+    """One frame as a client sends it: masked unless ``mask=False``; ``rsv`` is the 3 RSV bits (0-7)."""
+    if isinstance(payload, str):
+        payload = payload.encode()
+    first = (0x80 if fin else 0) | ((rsv & 0x7) << 4) | (opcode & 0x0F)
+    mask_bit = 0x80 if mask else 0
+    length = len(payload)
+    if length < 126:
+        head = bytes((first, mask_bit | length))
+    elif length < 65536:
+        head = struct.pack("!BBH", first, mask_bit | 126, length)
+    else:
+        head = struct.pack("!BBQ", first, mask_bit | 127, length)
+    if not mask:
+        return head + payload
+    key = mask_key if mask_key is not None else os.urandom(4)
+    return head + key + _apply_mask(payload, key)
+
+
+def _apply_mask(payload: bytes, key: bytes) -> bytes:
+    if not payload:
+        return b""
+    n = len(payload)
+    repeated = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big")
+
+
+# ---------------------------------------------------------------- frames
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    fin: bool
+    opcode: int
+    payload: bytes
+    rsv: int = 0
+    masked: bool = False
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code of a close frame (None for an empty close payload)."""
+        assert self.opcode == OP_CLOSE, f"not a close frame: opcode {self.opcode:#x}"
+        return struct.unpack("!H", self.payload[:2])[0] if len(self.payload) >= 2 else None
+
+    @property
+    def close_reason(self) -> str:
+        assert self.opcode == OP_CLOSE, f"not a close frame: opcode {self.opcode:#x}"
+        return self.payload[2:].decode()
+
+
+class FrameParser:
+    """Sans-IO parser of a frame stream (either direction; unmasks masked frames).
+
+    ``feed(data)`` then ``next_frame()`` until it returns None.  No validation
+    beyond framing: the tests decide what is acceptable.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+
+    def next_frame(self) -> Frame | None:
+        buf = self.buffer
+        if len(buf) < 2:
+            return None
+        first, second = buf[0], buf[1]
+        masked = bool(second & 0x80)
+        length = second & 0x7F
+        pos = 2
+        if length == 126:
+            if len(buf) < 4:
+                return None
+            length = struct.unpack_from("!H", buf, 2)[0]
+            pos = 4
+        elif length == 127:
+            if len(buf) < 10:
+                return None
+            length = struct.unpack_from("!Q", buf, 2)[0]
+            pos = 10
+        key = b""
+        if masked:
+            if len(buf) < pos + 4:
+                return None
+            key = bytes(buf[pos : pos + 4])
+            pos += 4
+        if len(buf) < pos + length:
+            return None
+        payload = bytes(buf[pos : pos + length])
+        del buf[: pos + length]
+        if masked:
+            payload = _apply_mask(payload, key)
+        return Frame(fin=bool(first & 0x80), opcode=first & 0x0F, payload=payload, rsv=(first >> 4) & 0x7, masked=masked)
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+@dataclass(slots=True)
+class HTTPResponse:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]] = field(default_factory=list)  # names lower-cased
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((v for k, v in self.headers if k == name), None)
+
+    def tokens(self, name: str) -> set[str]:
+        """Comma-separated tokens of every line of a header, lower-cased."""
+        name = name.lower()
+        return {t.strip().lower() for k, v in self.headers if k == name for t in v.split(",") if t.strip()}
+
+
+def parse_response_head(head: bytes) -> HTTPResponse:
+    lines = head.decode("latin-1").split("\r\n")
+    version, status, *reason = lines[0].split(" ", 2)
+    assert version == "HTTP/1.1", f"unexpected status line {lines[0]!r}"
+    headers = []
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers.append((name.strip().lower(), value.strip()))
+    return HTTPResponse(int(status), reason[0] if reason else "", headers)
+
+
+# ---------------------------------------------------------------- client
+
+
+class WireClient:
+    """A raw client over one byte stream, with a receive buffer.
+
+    Use ``async with await WireClient.connect(host, port) as wire:``.
+    """
+
+    def __init__(self, stream: ByteStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+        self._parser = FrameParser()
+        self.eof = False
+        self.reset = False
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> WireClient:
+        return cls(await anyio.connect_tcp(host, port))
+
+    async def __aenter__(self) -> WireClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await anyio.aclose_forcefully(self.stream)
+
+    # -- raw bytes
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send(data)
+
+    async def _fill(self, what: str) -> None:
+        """Receive at least one more byte into the buffer, or raise PeerClosed."""
+        if self.eof:
+            raise PeerClosed(f"connection closed while waiting for {what}", reset=self.reset, leftover=bytes(self.buffer))
+        try:
+            data = await self.stream.receive(65536)
+        except anyio.EndOfStream:
+            data = b""
+        except (anyio.BrokenResourceError, ConnectionError):
+            data = b""
+            self.reset = True
+        if not data:
+            self.eof = True
+            raise PeerClosed(f"connection closed while waiting for {what}", reset=self.reset, leftover=bytes(self.buffer))
+        self.buffer += data
+
+    async def read_exactly(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            await self._fill(f"{n} bytes")
+        data = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return data
+
+    async def read_eof(self) -> bytes:
+        """Read until the peer closes; return what arrived (buffered bytes included)."""
+        while True:
+            try:
+                await self._fill("EOF")
+            except PeerClosed:
+                data = bytes(self.buffer)
+                self.buffer.clear()
+                return data
+
+    # -- HTTP
+
+    async def read_response(self) -> HTTPResponse:
+        """One response: head, then a Content-Length body (or the rest of the stream)."""
+        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+            await self._fill("an HTTP response head")
+        response = parse_response_head(bytes(self.buffer[:end]))
+        del self.buffer[: end + 4]
+        if response.status == 101 or 100 <= response.status < 200 or response.status in (204, 304):
+            return response
+        length = response.header("content-length")
+        if length is not None:
+            response.body = await self.read_exactly(int(length))
+        else:
+            response.body = await self.read_eof()
+        return response
+
+    async def request(self, data: bytes) -> HTTPResponse:
+        await self.send(data)
+        return await self.read_response()
+
+    async def handshake(self, target: str = "/", **kwargs: object) -> HTTPResponse:
+        """Send an opening handshake and check a 101 with the right accept token."""
+        key = make_key()
+        response = await self.request(handshake_request(target, key=key, **kwargs))  # type: ignore[arg-type]
+        assert response.status == 101, f"handshake refused: {response.status} {response.reason} {response.body!r}"
+        assert response.header("sec-websocket-accept") == accept_for(key)
+        return response
+
+    # -- WebSocket
+
+    async def send_frame(self, opcode: int, payload: bytes | str = b"", **kwargs: object) -> None:
+        await self.send(build_frame(opcode, payload, **kwargs))  # type: ignore[arg-type]
+
+    async def send_text(self, text: str) -> None:
+        await self.send_frame(OP_TEXT, text.encode())
+
+    async def send_close(self, code: int | None = 1000, reason: str = "") -> None:
+        await self.send_frame(OP_CLOSE, close_payload(code, reason))
+
+    async def read_frame(self) -> Frame:
+        while True:
+            if self.buffer:
+                self._parser.feed(bytes(self.buffer))
+                self.buffer.clear()
+            frame = self._parser.next_frame()
+            if frame is not None:
+                return frame
+            # Keep partial frame bytes in the parser; the buffer takes new data.
+            try:
+                await self._fill("a frame")
+            except PeerClosed as exc:
+                exc.leftover = bytes(self._parser.buffer)
+                raise
+
+    async def read_message(self, *, answer_pings: bool = True) -> tuple[int, bytes]:
+        """The next data message as ``(opcode, payload)``, fragments joined.
+
+        Pings are answered (unless ``answer_pings`` is False) and skipped; pongs
+        are skipped; a close frame is returned as ``(OP_CLOSE, payload)``.
+        """
+        opcode: int | None = None
+        parts: list[bytes] = []
+        while True:
+            frame = await self.read_frame()
+            if frame.opcode == OP_PING:
+                if answer_pings:
+                    await self.send_frame(OP_PONG, frame.payload)
+                continue
+            if frame.opcode == OP_PONG:
+                continue
+            if frame.opcode == OP_CLOSE:
+                return OP_CLOSE, frame.payload
+            if opcode is None:
+                assert frame.opcode in (OP_TEXT, OP_BINARY), f"continuation without a message: {frame}"
+                opcode = frame.opcode
+            else:
+                assert frame.opcode == OP_CONTINUATION, f"new message inside a fragmented one: {frame}"
+            parts.append(frame.payload)
+            if frame.fin:
+                return opcode, b"".join(parts)
+
+    async def read_text(self) -> str:
+        opcode, payload = await self.read_message()
+        assert opcode == OP_TEXT, f"expected a text message, got opcode {opcode:#x} {payload[:80]!r}"
+        return payload.decode()
+
+    async def read_close(self) -> Frame:
+        """Skip data/control frames until the close frame; return it."""
+        while True:
+            frame = await self.read_frame()
+            if frame.opcode == OP_CLOSE:
+                return frame
