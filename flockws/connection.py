@@ -73,6 +73,13 @@ class WebSocketIO:
         # Events already produced from bytes that came with the handshake.
         pending = proto.events()
         while True:
+            # Replies the core queued (pongs) go out before the handler's answers to
+            # the messages of the same read, so a ping between two fragments is
+            # answered before the message's echo.  A close reply stays last.
+            if pending and not isinstance(pending[-1], Closed):
+                out = proto.data_to_send()
+                if out:
+                    client.push(out, control=True)
             for event in pending:
                 if isinstance(event, Message):
                     if on_message is not None:
