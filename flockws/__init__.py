@@ -8,15 +8,20 @@ encode-once broadcaster with bounded per-client queues (:mod:`flockws.broadcast`
 from .broadcast import Client, WebSocketManager
 from .components import ServerComponent, WebSocketServerComponent
 from .config import ConfigError, WebSocketComponentConfig
+from .cors import CORSComponent, CORSComponentConfig
 from .http import Response
 from .server import Server, serve
+from .static import StaticFilesServerComponent
 
 __all__ = [
+    "CORSComponent",
+    "CORSComponentConfig",
     "Client",
     "ConfigError",
     "Response",
     "Server",
     "ServerComponent",
+    "StaticFilesServerComponent",
     "WebSocketComponentConfig",
     "WebSocketManager",
     "WebSocketServerComponent",
