@@ -9,19 +9,33 @@ from .broadcast import Client, WebSocketManager
 from .components import ServerComponent, WebSocketServerComponent
 from .config import ConfigError, WebSocketComponentConfig
 from .cors import CORSComponent, CORSComponentConfig
+from .events import (
+    AgentExecutionCompleted,
+    AgentExecutionStarted,
+    ArtifactPublished,
+    GraphUpdated,
+    StreamCoalescer,
+    StreamingOutput,
+)
 from .http import Response
 from .server import Server, serve
 from .static import StaticFilesServerComponent
 
 __all__ = [
+    "AgentExecutionCompleted",
+    "AgentExecutionStarted",
+    "ArtifactPublished",
     "CORSComponent",
     "CORSComponentConfig",
     "Client",
     "ConfigError",
+    "GraphUpdated",
     "Response",
     "Server",
     "ServerComponent",
     "StaticFilesServerComponent",
+    "StreamCoalescer",
+    "StreamingOutput",
     "WebSocketComponentConfig",
     "WebSocketManager",
     "WebSocketServerComponent",

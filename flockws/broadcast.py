@@ -198,12 +198,16 @@ class WebSocketManager:
 
     # ------------------------------------------------------------ broadcast
 
-    def encode(self, message: str | bytes | Mapping[str, Any]) -> bytes:
+    def encode(self, message: str | bytes | Mapping[str, Any] | Any) -> bytes:
         """Wire bytes for a message: str -> text, bytes -> binary, mapping -> JSON text.
 
         A mapping must carry a ``type`` and be JSON-serialisable; both are
-        checked here so nothing is sent when either fails.
+        checked here so nothing is sent when either fails.  An event model
+        (anything with a ``to_dict()``, see :mod:`flockws.events`) is sent as
+        its mapping.
         """
+        if not isinstance(message, Mapping | str | bytes | bytearray | memoryview) and hasattr(message, "to_dict"):
+            message = message.to_dict()
         if isinstance(message, Mapping):
             if "type" not in message:
                 raise ValueError("event mapping has no 'type' field")

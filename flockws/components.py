@@ -17,6 +17,7 @@ import anyio
 
 from .broadcast import Client, WebSocketManager
 from .config import WebSocketComponentConfig
+from .events import StreamCoalescer
 from .http import Response
 from .protocol import Request
 
@@ -80,6 +81,26 @@ class WebSocketServerComponent(ServerComponent):
             queue_max_messages=self.config.queue_max_messages,
             fragment_size=self.config.fragment_size,
         )
+        # Opt-in merging of streaming_output bursts (stream_coalesce_ms > 0); see publish().
+        self.coalescer: StreamCoalescer | None = None
+        if self.config.stream_coalesce_ms > 0:
+            self.coalescer = StreamCoalescer(self.config.stream_coalesce_ms, self.manager.broadcast)
+
+    def publish(self, event: Any) -> None:
+        """Broadcast one event (a model from :mod:`flockws.events` or a mapping with ``type``).
+
+        Synchronous, like ``manager.broadcast``, and validated at once (ValueError
+        without ``type``, TypeError if not JSON-serialisable).  With
+        ``stream_coalesce_ms`` > 0 and the server running, ``streaming_output``
+        chunks may be held up to that long and merged (see
+        :class:`~flockws.events.StreamCoalescer`); otherwise this is exactly
+        ``manager.broadcast``.
+        """
+        coalescer = self.coalescer
+        if coalescer is not None and coalescer.running:
+            coalescer.publish(event)  # a bad event raises here too: chunks are checked, the rest is broadcast now
+        else:
+            self.manager.broadcast(event)
 
     @property
     def endpoint(self) -> str:
@@ -89,8 +110,11 @@ class WebSocketServerComponent(ServerComponent):
         return path == self.config.endpoint
 
     async def run(self) -> None:
-        if self.config.enable_heartbeat:
-            await self._heartbeat()
+        async with anyio.create_task_group() as tg:
+            if self.config.enable_heartbeat:
+                tg.start_soon(self._heartbeat)
+            if self.coalescer is not None:
+                tg.start_soon(self.coalescer.run)
 
     async def _heartbeat(self) -> None:
         """Ping every client each ``heartbeat_interval``; close (1011) those that miss ``pong_timeout``.
