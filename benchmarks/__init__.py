@@ -1,0 +1,1 @@
+"""Benchmarks for flockws' broadcaster (run with ``python -m benchmarks.run``)."""

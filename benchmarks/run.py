@@ -1,0 +1,543 @@
+"""The benchmark suite: one command, every server, every scenario, a table and a chart.
+
+    .venv/bin/python -m benchmarks.run --quick     # N=1000 only, 1 repeat (~2 min)
+    .venv/bin/python -m benchmarks.run             # N=1000/5000/10000, 3 repeats (~30 min)
+
+Each server runs in its own process pinned to core 0; the load generator
+(:mod:`benchmarks.loadgen`) runs pinned to core 1, and so does this harness
+(which mostly sleeps).  A *session* is one fresh server process plus N
+connected clients; the scenarios of a session run one after the other on the
+same connections.  Every figure is the median of the repeats, with the
+spread (min-max) of the headline ones.
+
+Writes ``benchmarks/results/{results,quick}.json`` (raw, every run),
+``summary.md``/``quick.md`` (the tables) and ``chart.png``/``chart-quick.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .common import pin, raise_nofile, rss_kib
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+PY = sys.executable
+
+SERVERS: dict[str, list[str]] = {
+    "flockws": ["-m", "benchmarks.servers.flockws_server"],
+    "flockws-uvloop": ["-m", "benchmarks.servers.flockws_server", "--uvloop"],
+    "websockets": ["-m", "benchmarks.servers.websockets_server"],
+    "uvicorn-gather": ["-m", "benchmarks.servers.starlette_server", "--mode", "gather"],
+    "uvicorn-seq": ["-m", "benchmarks.servers.starlette_server", "--mode", "seq"],
+}
+
+
+@dataclass
+class Scenario:
+    name: str
+    messages: int
+    rate: float  # messages/s; 0 = burst
+    size: int  # payload bytes
+
+    def timeout(self, clients: int) -> float:
+        # Generous: the publishing time plus 60 µs per delivery plus slack.
+        busy = (self.messages / self.rate if self.rate else 0.0) + clients * self.messages * 60e-6
+        return 20.0 + busy
+
+
+BURST = Scenario("burst", 200, 0, 300)
+RATE = Scenario("100/s", 200, 100, 300)
+# Slow consumers: a stalled client is only stalled once the kernel stops taking
+# data for it: ~1.7 MB on this machine's loopback (its SO_RCVBUF set to 1 KiB
+# before connecting, the server's send buffer autotuned), then flockws queues up
+# to 1 MiB more before it drops the client.  8 KiB events x 600 = 4.8 MB per
+# client, at 100/s, so the stall happens at ~3-4 s of a 6 s run.
+SLOW = Scenario("slow", 600, 100, 8192)
+SLOW_RCVBUF = 1024
+
+
+class Proc:
+    """A child process that speaks JSON lines; killed in ``stop`` whatever happens."""
+
+    def __init__(self, name: str, argv: list[str], log: Path) -> None:
+        self.name = name
+        self.log = open(log, "ab")
+        self.p = subprocess.Popen(
+            [PY, *argv], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, bufsize=0
+        )
+        self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.p.stdout is not None
+        for raw in self.p.stdout:
+            try:
+                self.lines.put(json.loads(raw))
+            except ValueError:
+                self.log.write(b"[non-json] " + raw)
+        self.lines.put(None)
+
+    def send(self, obj: dict[str, Any]) -> None:
+        assert self.p.stdin is not None
+        try:
+            self.p.stdin.write((json.dumps(obj) + "\n").encode())
+        except (BrokenPipeError, OSError):
+            pass
+
+    def recv(self, timeout: float, key: str | None = None) -> dict[str, Any]:
+        """Next reply (containing ``key`` if given); TimeoutError if none in time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.name}: no reply within {timeout:.0f}s")
+            try:
+                msg = self.lines.get(timeout=left)
+            except queue.Empty:
+                raise TimeoutError(f"{self.name}: no reply within {timeout:.0f}s") from None
+            if msg is None:
+                raise RuntimeError(f"{self.name} exited (rc={self.p.poll()}); see {self.log.name}")
+            if key is None or key in msg:
+                return msg
+
+    def call(self, obj: dict[str, Any], timeout: float = 30.0, key: str | None = None) -> dict[str, Any]:
+        self.send(obj)
+        return self.recv(timeout, key)
+
+    def stop(self) -> None:
+        try:
+            self.send({"cmd": "quit"})
+            if self.p.stdin:
+                self.p.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.p.wait(5)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(5)
+        self.log.close()
+
+
+class RssSampler(threading.Thread):
+    """Peak VmRSS of a process, sampled every 50 ms."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = rss_kib(pid)
+        self.stopped = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.05):
+            self.peak = max(self.peak, rss_kib(self.pid))
+
+    def stop(self) -> int:
+        self.stopped.set()
+        self.join()
+        return max(self.peak, rss_kib(self.pid))
+
+
+def percentiles(lat_files: list[str]) -> dict[str, float]:
+    import numpy as np
+
+    arrays = [np.fromfile(f, dtype=np.int64) for f in lat_files if os.path.exists(f)]
+    lat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+    if not len(lat):
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan"), "samples": 0}
+    p50, p99 = np.percentile(lat, [50, 99])
+    return {"p50_ms": p50 / 1e6, "p99_ms": p99 / 1e6, "max_ms": float(lat.max()) / 1e6, "samples": int(len(lat))}
+
+
+def session(
+    server: str,
+    clients: int,
+    scenarios: list[Scenario],
+    *,
+    rep: int,
+    stalled: int = 0,
+    rcvbuf: int = 0,
+    procs: int = 1,
+    tmp: Path,
+    log_dir: Path,
+) -> list[dict[str, Any]]:
+    """One fresh server, ``clients`` connections, then each scenario in turn."""
+    tag = f"{server}-n{clients}-s{stalled}-r{rep}"
+    srv = Proc(server, SERVERS[server], log_dir / f"{server}.log")
+    gens: list[Proc] = []
+    records: list[dict[str, Any]] = []
+    base = {"server": server, "clients": clients, "stalled": stalled, "rep": rep}
+    try:
+        ready = srv.recv(30, "ready")
+        pid, port = ready["pid"], ready["port"]
+        time.sleep(0.3)
+        rss0 = srv.call({"cmd": "stats"})["rss_kib"]
+        shares = [clients // procs + (i < clients % procs) for i in range(procs)]
+        for i, share in enumerate(shares):
+            argv = ["-m", "benchmarks.loadgen", "--port", str(port), "--n", str(share)]
+            if i == 0 and stalled:
+                argv += ["--stalled", str(stalled), "--rcvbuf", str(rcvbuf)]
+            gens.append(Proc(f"loadgen{i}", argv, log_dir / "loadgen.log"))
+        connects = [g.recv(180, "connected") for g in gens]
+        connected = sum(c["connected"] for c in connects)
+        connect_s = max(c["connect_s"] for c in connects)
+        failed = sum(c["failed"] for c in connects)
+        time.sleep(1.0)  # let the server park its per-connection tasks
+        idle = srv.call({"cmd": "stats"})
+        conn_info = {
+            "connected": connected,
+            "connect_failed": failed,
+            "connect_s": connect_s,
+            "pool_after_connect": idle["pool"],
+            "rss_before_kib": rss0,
+            "rss_idle_kib": idle["rss_kib"],
+            "kib_per_conn": (idle["rss_kib"] - rss0) / max(1, connected),
+        }
+        for sc in scenarios:
+            lat_files = [str(tmp / f"{tag}-{sc.name.replace('/', '_')}-{i}.lat") for i in range(procs)]
+            for g, lf in zip(gens, lat_files):
+                g.call({"cmd": "expect", "n": sc.messages, "size": sc.size, "lat_file": lf}, 30, "expecting")
+            sampler = RssSampler(pid)
+            pub = srv.call({"cmd": "publish", "n": sc.messages, "rate": sc.rate, "size": sc.size})
+            deadline = time.monotonic() + sc.timeout(clients)
+            reports = []
+            timed_out = False
+            for g in gens:
+                try:
+                    reports.append(g.recv(max(1.0, deadline - time.monotonic()), "done"))
+                except TimeoutError:
+                    timed_out = True
+                    g.send({"cmd": "report"})
+                    reports.append(g.recv(30, "done"))
+            end = srv.call({"cmd": "stats"}, 60)
+            if not end.get("publisher_done", True):
+                srv.call({"cmd": "cancel"}, 30)
+            peak = sampler.stop()
+            drain = gens[0].call({"cmd": "drain", "seconds": 3.0}, 30, "drain")["drain"] if stalled else None
+            delivered = sum(r["received"] for r in reports)
+            t_last = max(r["t_last_ns"] for r in reports)
+            duration = (t_last - pub["t_ns"]) / 1e9 if t_last else float("nan")
+            cpu = end["cpu"] - pub["cpu"]
+            wall = max(r["wall_s"] for r in reports)
+            rec = {
+                **base,
+                "scenario": sc.name,
+                "messages": sc.messages,
+                "rate": sc.rate,
+                "size": sc.size,
+                **conn_info,
+                "expected": sc.messages * (connected - min(stalled, connected)),
+                "delivered": delivered,
+                "lost": sum(r["lost"] for r in reports),
+                "order_errors": sum(r["order_errors"] for r in reports),
+                "closed_fast_clients": sum(r["closed"] for r in reports),
+                "timed_out": timed_out,
+                "duration_s": duration,
+                "delivered_per_s": delivered / duration if delivered and duration > 0 else 0.0,
+                "server_cpu_s": cpu,
+                "cpu_us_per_msg": cpu / delivered * 1e6 if delivered else float("nan"),
+                "server_cpu_share": cpu / duration if duration and duration > 0 else float("nan"),
+                "loadgen_cpu_share": sum(r["cpu_s"] for r in reports) / wall if wall > 0 else float("nan"),
+                "publisher_s": end.get("publisher_seconds"),
+                "published": end.get("published"),
+                "publisher_error": end.get("publisher_error"),
+                "pool_after": end.get("pool"),
+                "dropped_by_server": end.get("dropped"),
+                "rss_start_kib": pub["rss_kib"],
+                "rss_peak_kib": peak,
+                "rss_growth_kib": peak - pub["rss_kib"],
+                "stalled_drain": drain,
+                **percentiles(lat_files),
+            }
+            records.append(rec)
+            print(f"    {_short(rec)}", flush=True)
+            for lf in lat_files:
+                try:
+                    os.unlink(lf)
+                except OSError:
+                    pass
+            time.sleep(0.3)
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"    !! {tag}: {exc}", flush=True)
+        records.append({**base, "scenario": "error", "error": str(exc)})
+    finally:
+        for g in gens:
+            g.stop()
+        srv.stop()
+    return records
+
+
+def _short(r: dict[str, Any]) -> str:
+    return (
+        f"{r['server']:<15} N={r['clients']:<6} {r['scenario']:<6} stalled={r['stalled']:<3} "
+        f"connect={r['connect_s']:.2f}s mem={r['kib_per_conn']:.1f}KiB/conn "
+        f"cpu={r['cpu_us_per_msg']:.2f}us/msg deliv={r['delivered_per_s'] / 1e3:.0f}k/s "
+        f"p50={r['p50_ms']:.1f} p99={r['p99_ms']:.1f} max={r['max_ms']:.1f}ms lost={r['lost']} "
+        f"order={r['order_errors']} lg={r['loadgen_cpu_share'] * 100:.0f}% srv={r['server_cpu_share'] * 100:.0f}%"
+    )
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def _med(values: list[float]) -> float:
+    values = [v for v in values if v == v]
+    return statistics.median(values) if values else float("nan")
+
+
+def _spread(values: list[float]) -> str:
+    values = [v for v in values if v == v]
+    if len(values) < 2:
+        return ""
+    return f"{min(values):.3g}–{max(values):.3g}"
+
+
+def _rel(values: list[float]) -> float:
+    values = [v for v in values if v == v]
+    if len(values) < 2 or not statistics.median(values):
+        return 0.0
+    return (max(values) - min(values)) / statistics.median(values)
+
+
+def group(records: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("scenario") == "error":
+            continue
+        groups.setdefault((r["scenario"], r["clients"], r["stalled"], r["server"]), []).append(r)
+    return groups
+
+
+def main_table(records: list[dict[str, Any]]) -> str:
+    g = group(records)
+    lines = [
+        "| scenario | N | server | runs | connect s | KiB/conn | delivered msg/s | **CPU µs/msg** (min–max) | p50 ms | p99 ms (min–max) | max ms | lost | order err | server CPU | loadgen CPU |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    order = {name: i for i, name in enumerate(SERVERS)}
+    for key in sorted(g, key=lambda k: (k[0] != "burst", k[0], k[1], order.get(k[3], 99))):
+        scenario, n, stalled, server = key
+        if scenario == "slow":
+            continue
+        rs = g[key]
+        col = lambda k: [r[k] for r in rs]  # noqa: E731
+        lines.append(
+            f"| {scenario} | {n:,} | {server} | {len(rs)} | {_med(col('connect_s')):.2f} | {_med(col('kib_per_conn')):.1f} "
+            f"| {_med(col('delivered_per_s')):,.0f} | **{_med(col('cpu_us_per_msg')):.2f}** ({_spread(col('cpu_us_per_msg'))}) "
+            f"| {_med(col('p50_ms')):.1f} | {_med(col('p99_ms')):.1f} ({_spread(col('p99_ms'))}) | {_med(col('max_ms')):.1f} "
+            f"| {int(_med(col('lost')))} | {int(_med(col('order_errors')))} | {_med(col('server_cpu_share')) * 100:.0f}% "
+            f"| {_med(col('loadgen_cpu_share')) * 100:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
+def slow_table(records: list[dict[str, Any]]) -> str:
+    g = group(records)
+    servers = [s for s in SERVERS if any(k[0] == "slow" and k[3] == s for k in g)]
+    if not servers:
+        return ""
+    lines = [
+        "| server | N | fast p99 ms, 0 stalled (min–max) | fast p99 ms, 10 stalled (min–max) | Δ p99 | fast lost (0 / 10 stalled) | RSS growth MiB (0 / 10 stalled) | stalled dropped by server | close seen by stalled clients | CPU µs/msg (0 / 10 stalled) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---:|",
+    ]
+    for server in servers:
+        keys = [k for k in g if k[0] == "slow" and k[3] == server]
+        base = next((g[k] for k in keys if k[2] == 0), [])
+        stall = next((g[k] for k in keys if k[2] > 0), [])
+        n = keys[0][1]
+        p0 = _med([r["p99_ms"] for r in base])
+        p1 = _med([r["p99_ms"] for r in stall])
+        delta = (p1 - p0) / p0 * 100 if p0 == p0 and p0 else float("nan")
+        dropped = [str(r.get("dropped_by_server")) if r.get("dropped_by_server") is not None else f"pool {r['pool_after_connect']}→{r['pool_after']}" for r in stall]
+        codes = []
+        for r in stall:
+            d = r.get("stalled_drain") or {}
+            codes.append(",".join(f"{k}×{v}" for k, v in (d.get("close_codes") or {}).items()) or ("EOF×%d" % d.get("closed", 0) if d.get("closed") else "none"))
+        lines.append(
+            f"| {server} | {n:,} | {p0:.1f} ({_spread([r['p99_ms'] for r in base])}) | {p1:.1f} ({_spread([r['p99_ms'] for r in stall])}) "
+            f"| {delta:+.0f}% | {int(_med([r['lost'] for r in base]))} / {int(_med([r['lost'] for r in stall]))} "
+            f"| {_med([r['rss_growth_kib'] for r in base]) / 1024:.1f} / {_med([r['rss_growth_kib'] for r in stall]) / 1024:.1f} "
+            f"| {'; '.join(dropped)} | {'; '.join(codes)} "
+            f"| {_med([r['cpu_us_per_msg'] for r in base]):.2f} / {_med([r['cpu_us_per_msg'] for r in stall]):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def noise_line(records: list[dict[str, Any]]) -> str:
+    g = group(records)
+    cpu = [_rel([r["cpu_us_per_msg"] for r in rs]) for rs in g.values() if len(rs) > 1]
+    p99 = [_rel([r["p99_ms"] for r in rs]) for rs in g.values() if len(rs) > 1]
+    if not cpu:
+        return "Single run per configuration: no spread measured."
+    return (
+        f"Noise: relative spread (max−min)/median across repeats — CPU µs/msg: median {statistics.median(cpu) * 100:.0f}%, "
+        f"worst {max(cpu) * 100:.0f}%; p99: median {statistics.median(p99) * 100:.0f}%, worst {max(p99) * 100:.0f}%."
+    )
+
+
+def chart(records: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = group(records)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    panels = [
+        (axes[0][0], "burst", "cpu_us_per_msg", "server CPU µs per delivered message — burst"),
+        (axes[0][1], "100/s", "cpu_us_per_msg", "server CPU µs per delivered message — 100 msg/s"),
+        (axes[1][0], "burst", "p99_ms", "p99 latency (ms) — burst of 200"),
+        (axes[1][1], "100/s", "p99_ms", "p99 latency (ms) — 100 msg/s"),
+    ]
+    for ax, scenario, metric, title in panels:
+        for server in SERVERS:
+            pts = sorted((k[1], _med([r[metric] for r in rs])) for k, rs in g.items() if k[0] == scenario and k[3] == server and k[2] == 0)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=server)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("clients")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def machine() -> str:
+    def sh(cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
+        except Exception:
+            return "?"
+
+    from importlib.metadata import version
+
+    versions = []
+    for pkg in ("flockws", "anyio", "wsproto", "h11", "websockets", "uvicorn", "starlette", "uvloop"):
+        try:
+            versions.append(f"{pkg} {version(pkg)}")
+        except Exception:
+            pass
+    return "\n".join(
+        [
+            f"nproc: {os.cpu_count()} (os.cpu_count; this harness pins itself to core 1)",
+            sh("lscpu | head -20 | grep -E 'Architecture|Model name|CPU\\(s\\)|Thread|Core|Socket|Hypervisor|BogoMIPS'"),
+            f"python: {platform.python_version()} ({platform.python_implementation()}), kernel {platform.release()}",
+            "packages: " + ", ".join(versions),
+            f"load average at start: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="N=1000 only, 1 repeat")
+    parser.add_argument("--clients", type=int, nargs="*", help="client counts (default 1000 5000 10000)")
+    parser.add_argument("--repeats", type=int, help="runs per configuration (default 3, quick 1)")
+    parser.add_argument("--servers", nargs="*", choices=list(SERVERS), help="servers to run (default all)")
+    parser.add_argument("--no-slow", action="store_true", help="skip the slow-consumer scenario")
+    parser.add_argument("--only-slow", action="store_true", help="run only the slow-consumer scenario")
+    parser.add_argument("--loadgen-procs", type=int, default=1, help="load generator processes (all on core 1)")
+    parser.add_argument("--out", help="name of the outputs (default results / quick)")
+    args = parser.parse_args()
+
+    pin(1)
+    raise_nofile()
+    clients = args.clients or ([1000] if args.quick else [1000, 5000, 10000])
+    repeats = args.repeats or (1 if args.quick else 3)
+    servers = args.servers or list(SERVERS)
+    name = args.out or ("quick" if args.quick else "results")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    log_dir = RESULTS / "logs"
+    log_dir.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="flockws-bench-"))
+    started = time.monotonic()
+    desc = machine()
+    print(desc, flush=True)
+    records: list[dict[str, Any]] = []
+    raw_path = RESULTS / f"{name}.json"
+
+    def save() -> None:
+        raw_path.write_text(json.dumps({"machine": desc, "records": records}, indent=1))
+
+    try:
+        for rep in range(repeats):
+            if not args.only_slow:
+                for n in clients:
+                    for server in servers:
+                        print(f"[{time.monotonic() - started:6.0f}s] rep {rep + 1}/{repeats} {server} N={n}", flush=True)
+                        records += session(server, n, [BURST, RATE], rep=rep, procs=args.loadgen_procs, tmp=tmp, log_dir=log_dir)
+                        save()
+            if not args.no_slow:
+                for server in servers:
+                    for stalled in (0, 10):
+                        print(f"[{time.monotonic() - started:6.0f}s] rep {rep + 1}/{repeats} {server} slow stalled={stalled}", flush=True)
+                        records += session(
+                            server, 1000, [SLOW], rep=rep, stalled=stalled, rcvbuf=SLOW_RCVBUF, procs=args.loadgen_procs, tmp=tmp, log_dir=log_dir
+                        )
+                        save()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        save()
+
+    elapsed = time.monotonic() - started
+    png = RESULTS / ("chart-quick.png" if name == "quick" else f"chart{'' if name == 'results' else '-' + name}.png")
+    try:
+        chart(records, png)
+    except Exception as exc:  # a missing matplotlib must not lose the table
+        print(f"chart failed: {exc}")
+    errors = [r for r in records if r.get("scenario") == "error"]
+    parts = [
+        f"# flockws broadcast benchmark ({'quick' if name == 'quick' else name})",
+        "",
+        "```",
+        desc,
+        f"suite wall time: {elapsed / 60:.1f} min; repeats: {repeats}; loadgen processes: {args.loadgen_procs}",
+        "```",
+        "",
+        "Burst: 200 × 300 B events, publisher yields once per message. 100/s: 200 × 300 B at 100 msg/s. "
+        "Figures are medians over the repeats. CPU µs/msg = server user+sys CPU over the broadcast phase / messages "
+        "delivered; latency = client receive time − publish time; KiB/conn = server RSS growth / N after connecting; "
+        "server/loadgen CPU = share of one core during the phase.",
+        "",
+        main_table(records),
+        "",
+    ]
+    slow = slow_table(records)
+    if slow:
+        parts += [
+            f"Slow consumers: N=1000, {SLOW.messages} × {SLOW.size // 1024} KiB events at {SLOW.rate:.0f}/s; "
+            f"10 clients with SO_RCVBUF={SLOW_RCVBUF} never read after the handshake. 'fast' = the 990 (or 1000) reading clients.",
+            "",
+            slow,
+            "",
+        ]
+    parts.append(noise_line(records))
+    if errors:
+        parts += ["", "Errors:", *[f"- {e['server']} N={e['clients']} stalled={e['stalled']} rep {e['rep']}: {e['error']}" for e in errors]]
+    parts += ["", f"Chart: {png.relative_to(ROOT)}", ""]
+    summary = "\n".join(parts)
+    (RESULTS / ("quick.md" if name == "quick" else ("summary.md" if name == "results" else f"{name}.md"))).write_text(summary)
+    print()
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
