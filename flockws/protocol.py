@@ -21,6 +21,8 @@ import base64
 import binascii
 import enum
 import hashlib
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import h11
@@ -170,6 +172,8 @@ def check_upgrade(method: str, headers: dict[str, str]) -> tuple[bool, tuple[int
     version = headers.get("sec-websocket-version")
     if version is None:
         return True, (400, "missing Sec-WebSocket-Version")
+    if version.startswith("\0"):  # repeated (see _make_request): malformed, not another version
+        return True, (400, "duplicate Sec-WebSocket-Version")
     if version.strip() != "13":
         return True, (426, "unsupported Sec-WebSocket-Version; this server speaks 13")
     return True, None
@@ -202,6 +206,7 @@ class ServerProtocol:
         self._pending: Request | None = None  # a request awaiting accept()/respond()
         self._parts: list[str | bytes] = []
         self._size = 0
+        self._eof = False  # the peer ended the stream; reported after the bytes before it
 
     # -------------------------------------------------------- input/output
 
@@ -210,9 +215,15 @@ class ServerProtocol:
         if self.state is State.CLOSED:
             return
         if self._ws is None:
+            if data and self._h11.trailing_data[1]:
+                return  # bytes after the end of the stream: h11 would raise; there are none
             self._h11.receive_data(data)
         elif not data:
-            self._ws.receive_data(None)
+            # Not passed to wsproto yet: it would report the end before the
+            # frames still unparsed in its buffer; _ws_events passes it after them.
+            self._eof = True
+        elif self._eof:
+            return
         elif self._ws.state in (WSState.OPEN, WSState.LOCAL_CLOSING):
             self._ws.receive_data(data)
 
@@ -278,6 +289,8 @@ class ServerProtocol:
                 first.setdefault(key, value)
         method = event.method.decode("latin-1")
         websocket, error = check_upgrade(method, first)
+        if websocket and error is None and event.http_version != b"1.1":
+            error = (400, "WebSocket upgrade requires HTTP/1.1")  # RFC 6455 4.2.1
         offered = tuple(
             ext.split(";", 1)[0].strip() for ext in first.get("sec-websocket-extensions", "").split(",") if ext.strip()
         )
@@ -351,8 +364,9 @@ class ServerProtocol:
             *(headers or []),
         ]
         self._out.append(self._h11.send(h11.InformationalResponse(status_code=101, headers=hdrs, reason=b"Switching Protocols")) or b"")
-        trailing, _closed = self._h11.trailing_data
+        trailing, closed = self._h11.trailing_data
         self._ws = WSConnection(ConnectionType.SERVER, trailing_data=bytes(trailing))
+        self._eof = closed  # the client may have ended the stream right after its request
         self._h11 = None  # type: ignore[assignment]  # its buffers are no longer needed
         self.state = State.OPEN
 
@@ -375,7 +389,7 @@ class ServerProtocol:
         ws = self._ws
         assert ws is not None
         result: list[Event] = []
-        for event in ws.events():
+        for event in itertools.chain(ws.events(), self._eof_events(ws)):
             if isinstance(event, TextMessage | BytesMessage):
                 if self.state is not State.OPEN:
                     continue  # data after our close is read and ignored (RFC 6455 5.5.1)
@@ -399,6 +413,11 @@ class ServerProtocol:
                 result.append(self._on_close(ws, event))
                 break
         return result
+
+    def _eof_events(self, ws: WSConnection) -> Iterator[object]:
+        if self._eof and ws.state in (WSState.OPEN, WSState.LOCAL_CLOSING):
+            ws.receive_data(None)
+            yield from ws.events()
 
     def _on_close(self, ws: WSConnection, event: CloseConnection) -> Closed:
         if ws.state is WSState.REMOTE_CLOSING:  # the peer started the closing handshake
