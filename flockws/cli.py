@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -272,6 +273,9 @@ _COLOURS = {
 }
 
 
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+
+
 def _short(value: Any, width: int = 60) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     text = text.replace("\n", "\\n")
@@ -291,6 +295,8 @@ def format_pretty(event: dict[str, Any], colour: bool) -> str:
             fields.append(f"content={json.dumps(value, ensure_ascii=False)[:200]}")
         elif key in ("traceback", "payload", "final_state", "subscription_info"):
             continue
+        elif key.endswith("_id") and isinstance(value, str) and _UUID.match(value):
+            fields.append(f"{key}={value[:8]}\u2026")  # enough to tell runs apart on screen
         else:
             fields.append(f"{key}={_short(value)}")
     status = event.get("status")
@@ -342,7 +348,7 @@ async def _tail_loop(args: argparse.Namespace) -> int:
     from .client import ConnectionClosed, WebSocketError, connect
 
     printer = _Printer(args)
-    initial = 0.5
+    initial = min(0.5, args.max_backoff)  # first retry delay; doubles up to --max-backoff
     delay = initial
     while True:
         try:
