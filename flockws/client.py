@@ -75,6 +75,7 @@ class WebSocketClient:
         self._parts: list[str | bytes] = []
         self._size = 0
         self.closed: ConnectionClosed | None = None
+        self.pings_answered = 0
 
     async def _send(self, event: Any) -> None:
         data = self._ws.send(event)
@@ -97,6 +98,7 @@ class WebSocketClient:
                         parts, self._parts, self._size = self._parts, [], 0
                         return parts[0] if len(parts) == 1 else type(parts[0])().join(parts)  # type: ignore[arg-type]
                 elif isinstance(event, Ping):
+                    self.pings_answered += 1
                     try:
                         await self._send(event.response())
                     except _GONE:
