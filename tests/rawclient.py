@@ -231,12 +231,20 @@ class RawClient:
     # -- sending
 
     def send(self, data: bytes, *, chunk: int | None = None) -> None:
-        """Send bytes in one write, or in writes of ``chunk`` bytes each."""
-        if chunk is None:
-            self.sock.sendall(data)
-            return
-        for start in range(0, len(data), chunk):
-            self.sock.sendall(data[start : start + chunk])
+        """Send bytes in one write, or in writes of ``chunk`` bytes each.
+
+        A server may fail the connection before it has read everything (fail
+        fast on invalid UTF-8, 1009): once it has closed, the rest cannot be
+        sent and is dropped here; what it answered is still read afterwards.
+        """
+        try:
+            if chunk is None:
+                self.sock.sendall(data)
+                return
+            for start in range(0, len(data), chunk):
+                self.sock.sendall(data[start : start + chunk])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def send_frame(self, opcode: int, payload: bytes = b"", **kwargs: Any) -> None:
         self.send(build_frame(opcode, payload, **kwargs))
@@ -247,7 +255,10 @@ class RawClient:
     # -- receiving
 
     def _fill(self) -> None:
-        data = self.sock.recv(1 << 20)
+        try:
+            data = self.sock.recv(1 << 20)
+        except ConnectionResetError:  # data received before the reset was read already
+            data = b""
         if not data:
             raise EOFError("server closed the TCP connection")
         self.buf += data
