@@ -14,11 +14,16 @@ frames are discarded, so a stalled client costs at most its bound in memory.
 from __future__ import annotations
 
 import json
+import logging
+import secrets
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
+from time import perf_counter
 from typing import Any, Protocol
 
 from .frames import OP_PING, encode_frame, encode_message
+from .history import DEFAULT_HISTORY_MAX_BYTES, DEFAULT_HISTORY_MAX_EVENTS, History
+from .metrics import FANOUT_SECONDS_BOUNDS, Histogram
 from .protocol import CLOSE_INTERNAL, CLOSE_TRY_AGAIN_LATER
 
 DEFAULT_QUEUE_MAX_BYTES = 1 << 20
@@ -30,9 +35,59 @@ HEARTBEAT_TIMEOUT = (CLOSE_INTERNAL, "heartbeat timeout")
 
 _PING_FRAME = encode_frame(OP_PING, b"flockws")
 
+log = logging.getLogger("flockws")
+
+Visible = Callable[[Any, Mapping[str, Any]], bool]
+
 
 class Waker(Protocol):
     def set(self) -> None: ...
+
+
+class Subscription:
+    """What a client narrowed its stream to: event types, correlation ids, run ids.
+
+    ``None`` in a field means "no narrowing on this field".  An event that does
+    not carry a field (e.g. ``graph_updated`` has no ``run_id``) is not narrowed
+    by it, so a client following one run still sees graph changes.
+    """
+
+    __slots__ = ("types", "correlation_ids", "run_ids")
+    FIELDS = (("types", "type"), ("correlation_ids", "correlation_id"), ("run_ids", "run_id"))
+
+    def __init__(
+        self,
+        types: set[str] | None = None,
+        correlation_ids: set[str] | None = None,
+        run_ids: set[str] | None = None,
+    ) -> None:
+        self.types = types or None
+        self.correlation_ids = correlation_ids or None
+        self.run_ids = run_ids or None
+
+    def matches(self, event: Mapping[str, Any]) -> bool:
+        for attr, key in self.FIELDS:
+            wanted = getattr(self, attr)
+            if wanted is not None and key in event and event[key] not in wanted:
+                return False
+        return True
+
+    def update(self, add: bool, changes: Mapping[str, set[str]]) -> None:
+        """Add (subscribe) or remove (unsubscribe) values; an emptied field narrows nothing again."""
+        for attr, _key in self.FIELDS:
+            values = changes.get(attr)
+            if values is None:
+                continue
+            current = getattr(self, attr) or set()
+            current = current | values if add else current - values
+            setattr(self, attr, current or None)
+
+    @property
+    def narrows(self) -> bool:
+        return any(getattr(self, attr) is not None for attr, _ in self.FIELDS)
+
+    def __repr__(self) -> str:
+        return f"Subscription(types={self.types}, correlation_ids={self.correlation_ids}, run_ids={self.run_ids})"
 
 
 class Client:
@@ -57,6 +112,8 @@ class Client:
         "principal",
         "manager",
         "on_close",
+        "replay",
+        "subscription",
         "__weakref__",
     )
 
@@ -75,6 +132,11 @@ class Client:
         # connection can be aborted after its close timeout even if its writer
         # is stuck in a send to a peer that stopped reading.
         self.on_close: Callable[[], None] | None = None
+        # Frames owed before the live queue (hello, gap, resumed history): shared
+        # references to bytes the history already holds, so not counted against
+        # the queue bound; the writer drains them first.
+        self.replay: deque[bytes] = deque()
+        self.subscription: Subscription | None = None
 
     def __repr__(self) -> str:
         return f"<Client {self.remote} {self.path} queued={len(self.queue)}>"
@@ -110,6 +172,16 @@ class Client:
         """Send one message to this client only (same bounds as broadcasts)."""
         return self.push(self.manager.encode(message))
 
+    def take_replay(self, limit: int) -> tuple[bytes, int]:
+        """Up to about ``limit`` bytes of owed replay frames, as one buffer."""
+        replay = self.replay
+        parts = [replay.popleft()]
+        size = len(parts[0])
+        while replay and size < limit:
+            parts.append(replay.popleft())
+            size += len(parts[-1])
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), len(parts)
+
     def take(self) -> tuple[bytes, int]:
         """Everything queued, as one buffer for one write, and how many messages."""
         queue = self.queue
@@ -127,6 +199,7 @@ class Client:
         self.close_request = (code, reason)
         if discard_queued:
             self.queue.clear()
+            self.replay.clear()
             self.queued_bytes = 0
         self.manager.discard(self)
         self._wake()
@@ -147,12 +220,24 @@ class WebSocketManager:
         queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES,
         queue_max_messages: int = DEFAULT_QUEUE_MAX_MESSAGES,
         fragment_size: int = DEFAULT_FRAGMENT_SIZE,
+        history_max_events: int = DEFAULT_HISTORY_MAX_EVENTS,
+        history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES,
+        visible: Visible | None = None,
+        send_hello: bool = True,
     ) -> None:
         self.queue_max_bytes = queue_max_bytes
         self.queue_max_messages = queue_max_messages
         self.fragment_size = fragment_size
         self._clients: dict[Client, None] = {}  # insertion-ordered set
         self._token: Any = None  # anyio event-loop token while serving
+        self.visible = visible
+        self.send_hello = send_hello
+        self._narrowed = 0  # clients with a narrowing subscription (0 keeps the fast path)
+        # Resume: every event broadcast gets the next seq within this epoch.
+        self.epoch = secrets.token_hex(8)
+        self.seq = 0
+        self.history = History(history_max_events, history_max_bytes)
+        self.fanout_seconds = Histogram(FANOUT_SECONDS_BOUNDS)
         # Counters (read with stats()).
         self.accepted = 0
         self.handshake_failures: Counter[str] = Counter()
@@ -167,6 +252,13 @@ class WebSocketManager:
     def __len__(self) -> int:
         return len(self._clients)
 
+    def start(self, token: Any) -> None:
+        """Called by the server when it starts serving: a new epoch begins (resume ids restart)."""
+        self._token = token
+        self.epoch = secrets.token_hex(8)
+        self.seq = 0
+        self.history.clear()
+
     def __iter__(self) -> Iterator[Client]:
         return iter(list(self._clients))
 
@@ -178,8 +270,51 @@ class WebSocketManager:
         self._clients[client] = None
         self.accepted += 1
 
+    def attach(
+        self,
+        client: Client,
+        *,
+        since: int | None = None,
+        epoch: str | None = None,
+        subscription: Subscription | None = None,
+    ) -> None:
+        """Join a new client: hello, then what it missed since ``since``, then the live stream.
+
+        Runs synchronously on the loop, so no broadcast can fall between the
+        replay and the client joining the pool: no duplicate and no gap at the
+        seam.  If the history no longer reaches back to ``since`` or ``epoch``
+        is not this server's, one ``gap`` event names the missed range.
+        """
+        self.set_subscription(client, subscription)
+        owed = client.replay
+        if self.send_hello:
+            owed.append(self._control({"type": "hello", "epoch": self.epoch, "seq": self.seq}))
+        if since is not None:
+            if epoch is not None and epoch != self.epoch:
+                if self.seq:
+                    owed.append(self._gap(1, self.seq, "epoch changed"))
+            else:
+                entries, missed = self.history.after(max(since, 0), self.seq)
+                if missed is not None:
+                    owed.append(self._gap(*missed, "history exhausted"))
+                owed.extend(e.frame for e in entries if self._wants(client, e.event))
+        self.add(client)
+
+    def _control(self, event: dict[str, Any]) -> bytes:
+        return encode_message(json.dumps(event, separators=(",", ":")), self.fragment_size)
+
+    def _gap(self, first: int, last: int, reason: str) -> bytes:
+        return self._control({"type": "gap", "epoch": self.epoch, "from": first, "to": last, "reason": reason})
+
+    def set_subscription(self, client: Client, subscription: Subscription | None) -> None:
+        was = client.subscription is not None and client.subscription.narrows
+        client.subscription = subscription
+        now = subscription is not None and subscription.narrows
+        self._narrowed += now - was
+
     def discard(self, client: Client) -> None:
-        self._clients.pop(client, None)
+        if self._clients.pop(client, 0) is None and client.subscription is not None:
+            self.set_subscription(client, None)
 
     def drop(self, client: Client, code: int, reason: str) -> None:
         """Remove a client now and close it, discarding what it had queued."""
@@ -219,22 +354,56 @@ class WebSocketManager:
             raise TypeError(f"cannot broadcast {type(message).__name__}: expected str, bytes or a mapping")
         return encode_message(message, self.fragment_size)
 
-    def broadcast(self, message: str | bytes | Mapping[str, Any]) -> int:
+    def broadcast(self, message: str | bytes | Mapping[str, Any] | Any) -> int:
         """Queue ``message`` for every open client; return how many got it.
 
         Synchronous and non-blocking: call it from any task on the server's
-        loop (use :meth:`broadcast_threadsafe` from other threads).
+        loop (use :meth:`broadcast_threadsafe` from other threads).  An event
+        (a mapping or event model) gets the next ``seq`` and is kept in the
+        history for resume; ``str``/``bytes`` messages are sent as they are,
+        without a seq and without history.
         """
-        return self.broadcast_frame(self.encode(message))
+        if isinstance(message, str | bytes | bytearray | memoryview):
+            return self.broadcast_frame(self.encode(message))
+        if not isinstance(message, Mapping) and hasattr(message, "to_dict"):
+            message = message.to_dict()
+        if not isinstance(message, Mapping):
+            raise TypeError(f"cannot broadcast {type(message).__name__}: expected str, bytes or a mapping")
+        event = {**message, "seq": self.seq + 1}
+        frame = self.encode(event)  # raises before the seq is spent
+        self.seq += 1
+        self.history.append(self.seq, frame, event)
+        return self.broadcast_frame(frame, event)
 
-    def broadcast_frame(self, frame: bytes) -> int:
-        """Queue already-encoded wire bytes for every client (the hot path)."""
+    def _wants(self, client: Client, event: Mapping[str, Any]) -> bool:
+        subscription = client.subscription
+        if subscription is not None and not subscription.matches(event):
+            return False
+        if self.visible is None:
+            return True
+        try:
+            return bool(self.visible(client.principal, event))
+        except Exception:
+            log.exception("visible() hook failed; event withheld from %s", client.remote)
+            return False
+
+    def broadcast_frame(self, frame: bytes, event: Mapping[str, Any] | None = None) -> int:
+        """Queue already-encoded wire bytes for every client that wants ``event`` (the hot path).
+
+        Subscriptions and the ``visible`` hook are consulted only when some
+        client narrowed its stream or a hook is set, so the common case stays
+        one bounds check and one append per client.
+        """
+        started = perf_counter()
         self.messages_broadcast += 1
+        clients: Any = self._clients
+        if event is not None and (self._narrowed or self.visible is not None):
+            clients = [c for c in clients if self._wants(c, event)]
         size = len(frame)
         max_bytes = self.queue_max_bytes
         max_messages = self.queue_max_messages
         slow: list[Client] | None = None
-        for client in self._clients:
+        for client in clients:
             queue = client.queue
             if queue and (client.queued_bytes + size > max_bytes or len(queue) >= max_messages):
                 if slow is None:
@@ -247,11 +416,12 @@ class WebSocketManager:
             if waiter is not None:
                 client.waiter = None
                 waiter.set()
-        delivered = len(self._clients)
+        delivered = len(clients)
         if slow:
             for client in slow:
                 self.drop(client, *SLOW_CONSUMER)
             delivered -= len(slow)
+        self.fanout_seconds.observe(perf_counter() - started)
         return delivered
 
     def broadcast_threadsafe(self, message: str | bytes | Mapping[str, Any]) -> int:

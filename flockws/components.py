@@ -9,16 +9,19 @@ ascending ``priority`` order; the first one that answers wins.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .broadcast import Client, WebSocketManager
+from .auth import Authenticate
+from .broadcast import Client, Subscription, Visible, WebSocketManager
 from .config import WebSocketComponentConfig
 from .events import StreamCoalescer
 from .http import Response
+from .limits import TokenBucket
 from .protocol import Request
 
 log = logging.getLogger("flockws")
@@ -71,15 +74,22 @@ class WebSocketServerComponent(ServerComponent):
         name: str = "websocket",
         priority: int = 7,
         on_message: MessageHandler | None = None,
+        authenticate: Authenticate | None = None,
+        visible: Visible | None = None,
     ) -> None:
         self.config = config if config is not None else WebSocketComponentConfig()
         self.name = name
         self.priority = priority
         self.on_message = on_message
+        self.authenticate = authenticate
         self.manager = WebSocketManager(
             queue_max_bytes=self.config.queue_max_bytes,
             queue_max_messages=self.config.queue_max_messages,
             fragment_size=self.config.fragment_size,
+            history_max_events=self.config.history_max_events,
+            history_max_bytes=self.config.history_max_bytes,
+            visible=visible,
+            send_hello=self.config.send_hello,
         )
         # Opt-in merging of streaming_output bursts (stream_coalesce_ms > 0); see publish().
         self.coalescer: StreamCoalescer | None = None
@@ -105,6 +115,42 @@ class WebSocketServerComponent(ServerComponent):
     @property
     def endpoint(self) -> str:
         return self.config.endpoint
+
+    def inbound_bucket(self) -> TokenBucket | None:
+        """A fresh per-connection rate limiter, or None when inbound messages are unlimited."""
+        rate = self.config.inbound_rate_limit
+        if rate is None:
+            return None
+        return TokenBucket(rate, max(self.config.inbound_burst, 1), anyio.current_time())
+
+    def handle_control(self, client: Client, data: str | bytes) -> bool:
+        """Consume ``subscribe``/``unsubscribe`` messages; True if ``data`` was one.
+
+        ``{"type": "subscribe", "types": [...], "correlation_id": ..., "run_id": ...}``
+        narrows what the client receives (values may be a string or a list);
+        ``unsubscribe`` removes values, and with no fields clears all narrowing.
+        A malformed control message is answered with an ``error`` event.
+        """
+        if not isinstance(data, str) or "subscribe" not in data:
+            return False
+        try:
+            message = json.loads(data)
+        except ValueError:
+            return False
+        if not isinstance(message, dict) or message.get("type") not in ("subscribe", "unsubscribe"):
+            return False
+        try:
+            changes = subscription_fields(message)
+        except ValueError as exc:
+            client.send({"type": "error", "error": str(exc)})
+            return True
+        subscription = client.subscription or Subscription()
+        if message["type"] == "unsubscribe" and not changes:
+            subscription = Subscription()
+        else:
+            subscription.update(message["type"] == "subscribe", changes)
+        self.manager.set_subscription(client, subscription)
+        return True
 
     def serves_websocket(self, path: str) -> bool:
         return path == self.config.endpoint
@@ -138,11 +184,26 @@ class WebSocketServerComponent(ServerComponent):
         return {**super().describe(), "endpoint": self.endpoint, "tags": list(self.config.tags)}
 
 
+def subscription_fields(source: Mapping[str, Any]) -> dict[str, set[str]]:
+    """Subscription values from a subscribe message or parsed query (``types``, ``correlation_id``, ``run_id``)."""
+    changes: dict[str, set[str]] = {}
+    for attr, key in (("types", "types"), ("correlation_ids", "correlation_id"), ("run_ids", "run_id")):
+        value = source.get(key)
+        if value is None:
+            continue
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ValueError(f"{key} must be a string or a list of strings")
+        changes[attr] = {part for v in values for part in v.split(",") if part}
+    return changes
+
+
 class EchoComponent(WebSocketServerComponent):
     """Serves WebSocket on every path and sends each message back unchanged (conformance testing)."""
 
     def __init__(self, config: WebSocketComponentConfig | None = None, **kwargs: Any) -> None:
         super().__init__(config, name="echo", on_message=self._echo, **kwargs)
+        self.manager.send_hello = False  # echo peers expect only their own messages back
 
     def serves_websocket(self, path: str) -> bool:
         return True

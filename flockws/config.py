@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .broadcast import DEFAULT_FRAGMENT_SIZE, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_MAX_MESSAGES
+from .history import DEFAULT_HISTORY_MAX_BYTES, DEFAULT_HISTORY_MAX_EVENTS
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE
 
 
@@ -35,6 +36,12 @@ class WebSocketComponentConfig:
     handshake_timeout: float = 10.0
     close_timeout: float = 5.0
     max_connections: int | None = None
+    max_connections_per_address: int | None = None
+    inbound_rate_limit: float | None = None  # messages/s per client; None = unlimited
+    inbound_burst: int = 100
+    history_max_events: int = DEFAULT_HISTORY_MAX_EVENTS
+    history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
+    send_hello: bool = True
     stream_coalesce_ms: float = 0.0
 
     def __post_init__(self) -> None:
@@ -50,14 +57,27 @@ class WebSocketComponentConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
-        for name in ("queue_max_bytes", "queue_max_messages", "max_message_size", "fragment_size"):
+        for name in (
+            "queue_max_bytes",
+            "queue_max_messages",
+            "max_message_size",
+            "fragment_size",
+            "inbound_burst",
+            "history_max_events",
+            "history_max_bytes",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.max_connections is not None and (
-            isinstance(self.max_connections, bool) or not isinstance(self.max_connections, int) or self.max_connections <= 0
-        ):
-            raise ConfigError(f"max_connections must be a positive integer or None, got {self.max_connections!r}")
+        for name in ("max_connections", "max_connections_per_address"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+        rate = self.inbound_rate_limit
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0):
+            raise ConfigError(f"inbound_rate_limit must be a positive number of messages per second or None, got {rate!r}")
+        if not isinstance(self.send_hello, bool):
+            raise ConfigError(f"send_hello must be a bool, got {self.send_hello!r}")
         if isinstance(self.stream_coalesce_ms, bool) or not isinstance(self.stream_coalesce_ms, int | float) or self.stream_coalesce_ms < 0:
             raise ConfigError(f"stream_coalesce_ms must be a number >= 0, got {self.stream_coalesce_ms!r}")
 

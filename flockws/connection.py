@@ -20,7 +20,7 @@ import anyio
 from anyio.abc import ByteStream
 
 from .broadcast import Client
-from .protocol import Closed, Message, Pong, ServerProtocol, State
+from .protocol import CLOSE_POLICY, Closed, Message, Pong, ServerProtocol, State
 
 if TYPE_CHECKING:
     from .components import WebSocketServerComponent
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("flockws")
 
 RECEIVE_SIZE = 65536
+REPLAY_CHUNK = 256 * 1024  # resumed history goes out in writes of about this size
 
 # Everything a stream may raise when the peer is gone or the socket was closed.
 STREAM_GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
@@ -36,7 +37,7 @@ STREAM_GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourc
 class WebSocketIO:
     """The reader and writer of one open WebSocket."""
 
-    __slots__ = ("stream", "proto", "client", "component", "reader_done", "closed_cleanly", "close_timeout")
+    __slots__ = ("stream", "proto", "client", "component", "reader_done", "closed_cleanly", "close_timeout", "close_code")
 
     def __init__(
         self, stream: ByteStream, proto: ServerProtocol, client: Client, component: WebSocketServerComponent
@@ -48,6 +49,7 @@ class WebSocketIO:
         self.close_timeout = component.config.close_timeout
         self.reader_done = anyio.Event()
         self.closed_cleanly = False  # the close handshake completed
+        self.close_code = 1006  # what the connection ended with, for the log
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -69,7 +71,9 @@ class WebSocketIO:
 
     async def _read(self) -> None:
         proto, client, stream = self.proto, self.client, self.stream
-        on_message = self.component.on_message
+        component = self.component
+        on_message = component.on_message
+        bucket = component.inbound_bucket()
         # Events already produced from bytes that came with the handshake.
         pending = proto.events()
         while True:
@@ -82,6 +86,14 @@ class WebSocketIO:
                     client.push(out, control=True)
             for event in pending:
                 if isinstance(event, Message):
+                    if client.closing:
+                        continue  # a close is under way: what the peer sends now is not acted on
+                    if bucket is not None and not bucket.allow(anyio.current_time()):
+                        log.info("closing %s: inbound rate limit exceeded", client.remote)
+                        client.close(CLOSE_POLICY, "rate limit exceeded", discard_queued=True)
+                        continue
+                    if component.handle_control(client, event.data):
+                        continue
                     if on_message is not None:
                         try:
                             await on_message(client, event.data)
@@ -91,6 +103,7 @@ class WebSocketIO:
                     client.awaiting_pong = False
                 elif isinstance(event, Closed):
                     self.closed_cleanly = event.by_peer
+                    self.close_code = event.code
                     if not event.by_peer:
                         log.info("closing %s: %s %s", client.remote, event.code, event.reason)
             out = proto.data_to_send()
@@ -110,7 +123,12 @@ class WebSocketIO:
         manager = client.manager
         try:
             while True:
-                if client.queue:
+                if client.replay:
+                    data, count = client.take_replay(REPLAY_CHUNK)
+                    await stream.send(data)
+                    manager.frames_delivered += count
+                    manager.bytes_delivered += len(data)
+                elif client.queue:
                     data, count = client.take()
                     await stream.send(data)
                     manager.frames_delivered += count

@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import ssl as ssl_module
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
@@ -20,16 +22,22 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 from anyio.abc import ByteStream, SocketAttribute, TaskStatus
+from anyio.streams.tls import TLSStream
+from urllib.parse import parse_qs
 
-from .broadcast import Client
-from .components import ServerComponent, WebSocketServerComponent
+from .auth import Refused
+from .broadcast import Client, Subscription
+from .components import ServerComponent, WebSocketServerComponent, subscription_fields
 from .connection import STREAM_GONE, WebSocketIO
 from .http import Response
+from .metrics import render as render_metrics
 from .protocol import CLOSE_GOING_AWAY, DEFAULT_MAX_HEADER_SIZE, Closed, HTTPError, Request, ServerProtocol, State
 
 log = logging.getLogger("flockws")
 
 HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
+LINGER_TIMEOUT = 2.0  # at most this long draining a peer after a closing response
 ASYNCAPI_PATH = "/asyncapi.json"
 
 
@@ -51,6 +59,9 @@ class Server:
         close_timeout: float | None = None,
         max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
         dashboard: bool = False,
+        ssl: ssl_module.SSLContext | None = None,
+        max_pending_handshakes: int = 4096,
+        max_pending_per_address: int | None = 256,
     ) -> None:
         components = list(components or [])
         if dashboard:
@@ -65,12 +76,21 @@ class Server:
         self.handshake_timeout = handshake_timeout or max((c.handshake_timeout for c in configs), default=10.0)
         self.close_timeout = close_timeout or max((c.close_timeout for c in configs), default=5.0)
         self.max_header_size = max_header_size
+        self.ssl = ssl
+        # Slowloris bound: connections that have not finished a handshake, in all and per address.
+        self.max_pending_handshakes = max_pending_handshakes
+        self.max_pending_per_address = max_pending_per_address
+        self._pending: Counter[str] = Counter()
+        self._per_address: dict[WebSocketServerComponent, Counter[str]] = {c: Counter() for c in self.websockets}
+        self.refused_pending = 0
         self.addresses: list[tuple[str, int]] = []
         self._stack: AsyncExitStack | None = None
         self._connections: anyio.abc.TaskGroup | None = None
         self._accepting: anyio.CancelScope | None = None
         self._open_streams = 0
         self._drained: anyio.Event | None = None  # set when the last stream closes during shutdown
+        self._stopping = False
+        self._idle: set[anyio.CancelScope] = set()  # HTTP-phase waits that shutdown cancels
 
     # ------------------------------------------------------------ lifecycle
 
@@ -78,7 +98,8 @@ class Server:
     def port(self) -> int:
         return self.addresses[0][1]
 
-    def url(self, path: str = "/", scheme: str = "ws") -> str:
+    def url(self, path: str = "/", scheme: str | None = None) -> str:
+        scheme = scheme or ("wss" if self.ssl is not None else "ws")
         host, port = self.addresses[0]
         host = f"[{host}]" if ":" in host else host
         return f"{scheme}://{host}:{port}{path}"
@@ -89,7 +110,7 @@ class Server:
         self.addresses = [lst.extra(SocketAttribute.local_address)[:2] for lst in listeners]
         token = anyio.lowlevel.current_token()
         for component in self.websockets:
-            component.manager._token = token
+            component.manager.start(token)
         async with AsyncExitStack() as stack:
             stack.push_async_callback(listener.aclose)
             self._connections = await stack.enter_async_context(anyio.create_task_group())
@@ -114,6 +135,10 @@ class Server:
         """Stop accepting, send 1001 to every client, wait ``close_timeout``, abort the rest."""
         if self._accepting is not None:
             self._accepting.cancel()
+        # Connections still in the HTTP phase (idle keep-alive, lingering) close now.
+        self._stopping = True
+        for scope in list(self._idle):
+            scope.cancel()
         for component in self.websockets:
             component.manager.close_all(CLOSE_GOING_AWAY, "server shutdown")
             component.manager._token = None
@@ -143,11 +168,31 @@ class Server:
     async def _handle(self, stream: ByteStream) -> None:
         self._open_streams += 1
         clean = False
+        host = _remote_host(stream)
+        pending = _PendingSlot(self._pending, host)
         try:
-            clean = await self._serve_stream(stream)
+            if self._pending.total() > self.max_pending_handshakes or (
+                self.max_pending_per_address is not None and self._pending[host] > self.max_pending_per_address
+            ):
+                # Too many unfinished handshakes: refuse before reading a byte, so
+                # half-sent requests cannot pile up to exhaust descriptors.
+                self.refused_pending += 1
+                self._count_failure("too many pending handshakes")
+                return
+            if self.ssl is not None:
+                with anyio.move_on_after(self.handshake_timeout):
+                    stream = await TLSStream.wrap(stream, server_side=True, ssl_context=self.ssl, standard_compatible=False)
+                if not isinstance(stream, TLSStream):
+                    self._count_failure("tls handshake timeout")
+                    return
+            clean = await self._serve_stream(stream, pending)
+        except ssl_module.SSLError as exc:
+            self._count_failure("tls handshake failed")
+            log.info("refuse remote=%s reason=tls %s", host, exc.reason)
         except Exception:
             log.exception("connection handler failed")
         finally:
+            pending.release()
             self._open_streams -= 1
             if not self._open_streams and self._drained is not None:
                 self._drained.set()
@@ -157,17 +202,23 @@ class Server:
                 else:
                     await anyio.aclose_forcefully(stream)
 
-    async def _serve_stream(self, stream: ByteStream) -> bool:
+    async def _serve_stream(self, stream: ByteStream, pending: _PendingSlot) -> bool:
         """Serve HTTP requests until one upgrades, then run the WebSocket; True if it ended cleanly."""
         proto = ServerProtocol(max_header_size=self.max_header_size)
         remote = _remote(stream)
         first = True
         while proto.state is State.HTTP:
             event: Any = None
-            with anyio.move_on_after(self.handshake_timeout):
-                event = await _next_request(stream, proto)
+            if self._stopping:
+                return False
+            with anyio.move_on_after(self.handshake_timeout) as waiting:
+                self._idle.add(waiting)
+                try:
+                    event = await _next_request(stream, proto)
+                finally:
+                    self._idle.discard(waiting)
             if event is None:
-                if first or proto.has_partial_request:
+                if (first or proto.has_partial_request) and not self._stopping:
                     self._count_failure("handshake timeout")
                 return False
             first = False
@@ -176,14 +227,30 @@ class Server:
             if isinstance(event, HTTPError):
                 self._count_failure(f"http {event.status}")
             else:
-                component = await self._answer(proto, event)
-                if component is not None:
+                accepted = await self._answer(proto, event, pending.host)
+                if accepted is not None:
                     await stream.send(proto.data_to_send())
-                    return await self._run_websocket(stream, proto, component, remote, event)
+                    pending.release()  # the handshake is over
+                    component, principal = accepted
+                    return await self._run_websocket(stream, proto, component, remote, pending.host, event, principal)
             try:
                 await stream.send(proto.data_to_send())
             except STREAM_GONE:
                 return False
+        # A response closed the connection.  Closing a socket with unread input makes
+        # the kernel send a reset, which can destroy the response before the peer reads
+        # it (a 431 while the peer is still sending its head): half-close, then drain
+        # until the peer closes too, for a bounded time ("lingering close").
+        with anyio.move_on_after(min(LINGER_TIMEOUT, self.close_timeout)) as lingering:
+            self._idle.add(lingering)
+            try:
+                await stream.send_eof()
+                while await stream.receive():
+                    pass
+            except STREAM_GONE:
+                pass
+            finally:
+                self._idle.discard(lingering)
         return True
 
     async def _run_websocket(
@@ -192,18 +259,32 @@ class Server:
         proto: ServerProtocol,
         component: WebSocketServerComponent,
         remote: str,
+        host: str,
         request: Request,
+        principal: Any,
     ) -> bool:
         manager = component.manager
         proto.max_message_size = component.config.max_message_size
         client = Client(manager, remote=remote, path=request.path)
-        manager.add(client)
+        client.principal = principal
+        query = parse_qs(request.query)
+        since = _int_or_none(query.get("since", [None])[0])
+        subscription = Subscription(**subscription_fields({k: v for k, v in query.items()}))
+        manager.attach(client, since=since, epoch=query.get("epoch", [None])[0], subscription=subscription)
+        by_address = self._per_address[component]
+        by_address[host] += 1
+        log.info("connect remote=%s path=%s", remote, request.path)
         io = WebSocketIO(stream, proto, client, component)
         try:
             await io.run()
         finally:
+            by_address[host] -= 1
+            if by_address[host] <= 0:
+                del by_address[host]
             client.closing = True
             manager.discard(client)
+            code = client.close_request[0] if client.close_request else io.close_code
+            log.info("close remote=%s path=%s code=%s", remote, request.path, code)
         return io.closed_cleanly
 
     # ------------------------------------------------------------ routing
@@ -212,9 +293,33 @@ class Server:
         for component in self.websockets[:1]:
             component.manager.handshake_failures[reason] += 1
 
-    async def _answer(self, proto: ServerProtocol, request: Request) -> WebSocketServerComponent | None:
-        """Answer one request; return the component if it was accepted as a WebSocket."""
+    def _admit(self, component: WebSocketServerComponent, host: str) -> Response | None:
+        """Connection limits: 503 when the endpoint is full, 429 when this address holds too many."""
+        config = component.config
+        if config.max_connections is not None and len(component.manager) >= config.max_connections:
+            return Response.text(503, "too many connections; retry later", [("retry-after", "5")])
+        per_address = config.max_connections_per_address
+        if per_address is not None and self._per_address[component][host] >= per_address:
+            return Response.text(429, "too many connections from this address", [("retry-after", "5")])
+        return None
+
+    async def _authenticate(self, component: WebSocketServerComponent, request: Request, host: str) -> tuple[Any, Response | None]:
+        if component.authenticate is None:
+            return None, None
+        try:
+            return await component.authenticate(request, host), None
+        except Refused as exc:
+            return None, Response.text(exc.status, exc.reason, [("www-authenticate", 'Bearer realm="flockws"')])
+        except Exception:
+            log.exception("authenticate hook failed")
+            return None, Response.text(500, "authentication failed")
+
+    async def _answer(
+        self, proto: ServerProtocol, request: Request, host: str = ""
+    ) -> tuple[WebSocketServerComponent, Any] | None:
+        """Answer one request; return (component, principal) if it was accepted as a WebSocket."""
         path = request.path
+        principal: Any = None
         target = next((c for c in self.websockets if c.serves_websocket(path)), None)
         response: Response | None = None
         if request.websocket or request.upgrade_error:
@@ -229,13 +334,18 @@ class Server:
                     response = component.allow_websocket(request)
                     if response is not None:
                         break
+                if response is None:
+                    response = self._admit(target, host)
+                if response is None:
+                    principal, response = await self._authenticate(target, request, host)
             if response is None:
                 assert target is not None
                 proto.accept()
-                return target
+                return target, principal
             target_stats = target or (self.websockets[0] if self.websockets else None)
             if target_stats is not None:
                 target_stats.manager.handshake_failures[str(response.status)] += 1
+            log.info("refuse remote=%s path=%s status=%s", host, path, response.status)
         elif target is not None:
             response = Response.text(
                 426, "this is a WebSocket endpoint; connect with a WebSocket client",
@@ -243,6 +353,11 @@ class Server:
             )
         elif path == HEALTH_PATH and request.method in ("GET", "HEAD"):
             response = Response.text(200, "ok")
+        elif path == METRICS_PATH and request.method in ("GET", "HEAD"):
+            body = render_metrics((c.endpoint, c.manager) for c in self.websockets).encode()
+            response = Response(200, body, [("content-type", "text/plain; version=0.0.4; charset=utf-8")])
+        elif (stats := self._stats_component(path)) is not None and request.method in ("GET", "HEAD"):
+            response = Response.json(stats.manager.stats())
         elif path == ASYNCAPI_PATH and request.method in ("GET", "HEAD"):
             from .asyncapi import build_document
 
@@ -258,6 +373,47 @@ class Server:
             component.decorate(request, response)
         proto.respond(response.status, response.body, response.headers, close=response.close)
         return None
+
+
+    def _stats_component(self, path: str) -> WebSocketServerComponent | None:
+        for component in self.websockets:
+            if path == component.config.prefix.rstrip("/") + "/stats":
+                return component
+        return None
+
+
+class _PendingSlot:
+    """One connection's place in the count of unfinished handshakes per address."""
+
+    __slots__ = ("counter", "host", "held")
+
+    def __init__(self, counter: Counter[str], host: str) -> None:
+        self.counter = counter
+        self.host = host
+        self.held = True
+        counter[host] += 1
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.counter[self.host] -= 1
+            if self.counter[self.host] <= 0:
+                del self.counter[self.host]
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _remote_host(stream: ByteStream) -> str:
+    try:
+        address = stream.extra(SocketAttribute.remote_address)
+    except Exception:
+        return "?"
+    return str(address[0]) if isinstance(address, tuple) else str(address)
 
 
 async def _next_request(stream: ByteStream, proto: ServerProtocol) -> Request | HTTPError | Closed:
