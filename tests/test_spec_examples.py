@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,23 @@ async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
     with anyio.fail_after(timeout):
         while not predicate():
             await anyio.sleep(0.002)
+
+
+def without_resume(event: dict[str, Any]) -> dict[str, Any]:
+    """The event minus the broadcaster's resume counter (``seq``, appended last when present)."""
+    if "seq" in event:
+        assert list(event)[-1] == "seq" and isinstance(event["seq"], int), event
+        event = {k: v for k, v in event.items() if k != "seq"}
+    return event
+
+
+async def recv_event(recv: Callable[[], Any]) -> dict[str, Any]:
+    """The next event from ``recv``, skipping the greeting a server may send on connect."""
+    while True:
+        event = json.loads(await recv())
+        if event.get("type") == "hello" and "epoch" in event:
+            continue
+        return without_resume(event)
 
 
 async def test_python_client_example_runs_unchanged() -> None:
@@ -230,7 +248,7 @@ async def test_configuration_examples_serve_their_documented_endpoints(tmp_path:
                 await wait_until(lambda c=component: len(c.manager) == 1)
                 component.manager.broadcast({"type": "graph_updated", "nodes": [], "edges": []})
                 with anyio.fail_after(5):
-                    assert json.loads(await client.recv())["type"] == "graph_updated"
+                    assert (await recv_event(client.recv))["type"] == "graph_updated"
         # Best practice 5: monitor the connection count (public API instead of ``_connections``)
         assert len(websocket.manager) == 0 and websocket.manager.connection_count == 0
         tg.cancel_scope.cancel()
