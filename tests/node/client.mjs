@@ -12,6 +12,17 @@ const ws = new WebSocket(url);
 let received = 0;
 let ponged = false;
 
+// The server may greet with a {"type": "hello", ...} control event (resume
+// support); it is reported but not counted as one of the broadcasts.
+function isHello(data, isBinary) {
+  if (isBinary) return false;
+  try {
+    return JSON.parse(data.toString()).type === "hello";
+  } catch {
+    return false;
+  }
+}
+
 function maybeClose() {
   if (ponged && received >= expected) ws.close(1000, "bye");
 }
@@ -27,6 +38,10 @@ ws.on("pong", (data) => {
   maybeClose();
 });
 ws.on("message", (data, isBinary) => {
+  if (isHello(data, isBinary)) {
+    out({ type: "hello", data: data.toString() });
+    return;
+  }
   received += 1;
   out({ type: "message", binary: isBinary, data: isBinary ? Buffer.from(data).toString("base64") : data.toString(), length: data.length });
   maybeClose();
