@@ -19,12 +19,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import anyio
-from anyio.abc import ByteStream
+from anyio.abc import ByteStream, SocketStream
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -259,8 +260,29 @@ class WireClient:
         self.reset = False
 
     @classmethod
-    async def connect(cls, host: str, port: int) -> WireClient:
-        return cls(await anyio.connect_tcp(host, port))
+    async def connect(cls, host: str, port: int, *, rcvbuf: int | None = None) -> WireClient:
+        """Connect over TCP; ``rcvbuf`` sets SO_RCVBUF before connecting (a small one
+        makes a client that stops reading stall the server quickly, since the kernel
+        then absorbs little)."""
+        if rcvbuf is None:
+            return cls(await anyio.connect_tcp(host, port))
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.setblocking(False)
+            try:
+                sock.connect((host, port))
+            except BlockingIOError:
+                with anyio.fail_after(10):
+                    await anyio.wait_writable(sock)
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if error:
+                    raise OSError(error, os.strerror(error))
+            return cls(await SocketStream.from_socket(sock))
+        except BaseException:
+            sock.close()
+            raise
 
     async def __aenter__(self) -> WireClient:
         return self
@@ -311,13 +333,17 @@ class WireClient:
 
     # -- HTTP
 
-    async def read_response(self) -> HTTPResponse:
-        """One response: head, then a Content-Length body (or the rest of the stream)."""
+    async def read_response(self, *, head: bool = False) -> HTTPResponse:
+        """One response: head, then a Content-Length body (or the rest of the stream).
+
+        ``head`` says the request was HEAD: the response then has no body whatever
+        its Content-Length says.
+        """
         while (end := self.buffer.find(b"\r\n\r\n")) < 0:
             await self._fill("an HTTP response head")
         response = parse_response_head(bytes(self.buffer[:end]))
         del self.buffer[: end + 4]
-        if response.status == 101 or 100 <= response.status < 200 or response.status in (204, 304):
+        if head or 100 <= response.status < 200 or response.status in (204, 304):
             return response
         length = response.header("content-length")
         if length is not None:
@@ -328,7 +354,7 @@ class WireClient:
 
     async def request(self, data: bytes) -> HTTPResponse:
         await self.send(data)
-        return await self.read_response()
+        return await self.read_response(head=data.startswith(b"HEAD "))
 
     async def handshake(self, target: str = "/", **kwargs: object) -> HTTPResponse:
         """Send an opening handshake and check a 101 with the right accept token."""
