@@ -15,6 +15,7 @@ from flockws.events import DOCUMENTED_EVENTS, PASSTHROUGH_SCHEMA
 
 HOST = "127.0.0.1"
 ALL_MESSAGES = {*(cls.type for cls in DOCUMENTED_EVENTS), "event"}
+PROTOCOL_SENT = {"hello", "gap", "error"}  # resume greeting, missed range, bad control message
 
 
 def resolve(document: dict[str, Any], ref: str) -> Any:
@@ -71,19 +72,31 @@ def test_document_for_the_default_component() -> None:
     [(cid, channel)] = document["channels"].items()
     assert channel["address"] == "/plugin/ws"
     assert channel["tags"] == [{"name": "WebSocket"}]
-    assert set(channel["messages"]) == ALL_MESSAGES
-    [operation] = document["operations"].values()
-    assert operation["action"] == "send"  # server -> client
-    assert operation["channel"] == {"$ref": f"#/channels/{cid}"}
-    sent = {resolve(document, m["$ref"])["$ref"].rsplit("/", 1)[1] for m in operation["messages"]}
-    assert sent == ALL_MESSAGES
+    assert set(channel["messages"]) == ALL_MESSAGES | PROTOCOL_SENT | {"subscribe"}
+    send, receive = document["operations"].values()
+    assert send["action"] == "send"  # server -> client
+    assert send["channel"] == {"$ref": f"#/channels/{cid}"}
+    sent = {resolve(document, m["$ref"])["$ref"].rsplit("/", 1)[1] for m in send["messages"]}
+    assert sent == ALL_MESSAGES | PROTOCOL_SENT
+    assert receive["action"] == "receive"  # what clients may send: subscribe/unsubscribe
+    assert [m["$ref"].rsplit("/", 1)[1] for m in receive["messages"]] == ["subscribe"]
+    assert set(channel["bindings"]["ws"]["query"]["properties"]) == {"since", "epoch", "types", "correlation_id", "run_id"}
     schemas = document["components"]["schemas"]
     for cls in DOCUMENTED_EVENTS:
         message = document["components"]["messages"][cls.type]
-        assert resolve(document, message["payload"]["$ref"]) == cls.json_schema()
+        schema = resolve(document, message["payload"]["$ref"])
+        assert schema["properties"]["seq"]["type"] == "integer"  # added by the broadcaster
+        assert {**schema, "properties": {k: v for k, v in schema["properties"].items() if k != "seq"}} == cls.json_schema()
         assert schemas[cls.__name__]["properties"]["type"]["const"] == cls.type
-    assert resolve(document, document["components"]["messages"]["event"]["payload"]["$ref"]) == PASSTHROUGH_SCHEMA
+    passthrough = resolve(document, document["components"]["messages"]["event"]["payload"]["$ref"])
+    assert passthrough["required"] == PASSTHROUGH_SCHEMA["required"] == ["type"]
     assert "servers" not in document
+
+
+def test_hello_is_listed_only_when_sent() -> None:
+    quiet = WebSocketServerComponent(WebSocketComponentConfig(send_hello=False))
+    [channel] = build_document([quiet])["channels"].values()
+    assert "hello" not in channel["messages"] and "gap" in channel["messages"]
 
 
 def test_servers_are_optional() -> None:
@@ -102,7 +115,7 @@ def test_one_channel_per_endpoint_with_unique_ids_and_non_websocket_components_s
         [{"name": "Dashboard"}],
         [{"name": "Real-time"}, {"name": "Dashboard"}],
     ]
-    assert len(document["operations"]) == 2
+    assert [op["action"] for op in document["operations"].values()] == ["send", "receive", "send", "receive"]
 
 
 @pytest.mark.anyio
@@ -129,4 +142,4 @@ async def test_served_at_asyncapi_json_over_the_wire() -> None:
     assert set(channels) == {"/plugin/ws", "/api/ws/ws"}
     assert channels["/plugin/ws"]["tags"] == [{"name": "WebSocket"}, {"name": "Dashboard"}]
     assert channels["/api/ws/ws"]["tags"] == [{"name": "API"}]
-    assert all(set(c["messages"]) == ALL_MESSAGES for c in channels.values())
+    assert all(set(c["messages"]) >= ALL_MESSAGES | PROTOCOL_SENT for c in channels.values())
