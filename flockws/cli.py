@@ -6,7 +6,8 @@
   at the end of stdin the server keeps serving until Ctrl-C / SIGTERM.
 * ``flockws tail URL`` prints the events of a running server, one per line
   (coloured on a terminal, raw JSON otherwise), reconnecting with a capped
-  backoff.
+  backoff and resuming where it left off (``?since=<seq>&epoch=<epoch>``),
+  so events broadcast while it was disconnected are still printed.
 * ``flockws echo`` echoes every message (conformance testing).
 
 Ctrl-C (SIGINT) and SIGTERM stop every command cleanly with exit code 0.
@@ -27,6 +28,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 import anyio.from_thread
@@ -311,8 +313,22 @@ def format_pretty(event: dict[str, Any], colour: bool) -> str:
     return f"{stamp} {kind:<26} " + " ".join(fields)
 
 
+def resume_url(url: str, epoch: str | None, seq: int | None) -> str:
+    """``url`` with ``since``/``epoch`` query parameters, so a reconnect replays what was missed."""
+    if epoch is None or seq is None:
+        return url
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ("since", "epoch")]
+    query += [("since", str(seq)), ("epoch", epoch)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
 class _Printer:
+    """Prints events; remembers the stream position (epoch, seq) for resuming after a reconnect."""
+
     def __init__(self, args: argparse.Namespace) -> None:
+        self.epoch: str | None = None
+        self.seq: int | None = None
         self.types = set(args.type or [])
         tty = sys.stdout.isatty()
         self.pretty = args.format == "pretty" or (args.format == "auto" and tty)
@@ -333,7 +349,19 @@ class _Printer:
             if not self.types:
                 print(message.replace("\n", "\\n"), flush=True)
             return
-        if self.types and event.get("type") not in self.types:
+        kind = event.get("type")
+        if kind in ("hello", "gap") and isinstance(event.get("epoch"), str):
+            # The server's resume protocol, not an event: track it, don't print it.
+            if kind == "hello" and event["epoch"] != self.epoch:
+                self.epoch = event["epoch"]
+                self.seq = event.get("seq") if isinstance(event.get("seq"), int) else None
+            elif kind == "gap":
+                _err(f"tail: missed events {event.get('from')}..{event.get('to')} ({event.get('reason', 'gap')})")
+            return
+        seq = event.get("seq")
+        if isinstance(seq, int) and not isinstance(seq, bool) and (self.seq is None or seq > self.seq):
+            self.seq = seq
+        if self.types and kind not in self.types:
             return
         if self.pretty:
             line = format_pretty(event, self.colour)
@@ -352,7 +380,7 @@ async def _tail_loop(args: argparse.Namespace) -> int:
     delay = initial
     while True:
         try:
-            ws = await connect(args.url, timeout=args.timeout)
+            ws = await connect(resume_url(args.url, printer.epoch, printer.seq), timeout=args.timeout)
         except WebSocketError as exc:
             wait = delay * random.uniform(0.8, 1.2)
             _err(f"tail: {exc}; retrying in {wait:.1f} s")
@@ -453,7 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv.add_argument("--stream-coalesce-ms", type=float, default=0.0, help="merge streaming_output bursts (default 0 = off)")
 
-    tail = sub.add_parser("tail", help="print the events of a running server, one per line")
+    tail = sub.add_parser(
+        "tail",
+        help="print the events of a running server, one per line",
+        description="Print each event as one line (pretty on a terminal, raw JSON otherwise). Reconnects "
+        "with a capped backoff and resumes from the last event seen, so nothing broadcast in between is lost "
+        "while the server's history reaches back far enough (otherwise the gap is reported on stderr).",
+    )
     tail.add_argument("url", help="WebSocket URL, e.g. ws://127.0.0.1:8000/plugin/ws")
     tail.add_argument("--type", action="append", metavar="TYPE", help="only events of this type (repeatable)")
     tail.add_argument("--format", choices=("auto", "pretty", "json"), default="auto", help="auto: pretty on a terminal, JSON lines otherwise")

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect as ws_connect
 
 from flockws import Server, WebSocketComponentConfig, WebSocketServerComponent
-from flockws.cli import LineSplitter, build_parser, format_pretty, parse_event_line
+from flockws.cli import LineSplitter, build_parser, format_pretty, parse_event_line, resume_url
 from flockws.client import ConnectionClosed, WebSocketError, connect
 from flockws.demo import AGENTS, run_demo
 from flockws.events import (
@@ -303,11 +303,15 @@ async def test_tail_prints_filtered_events_as_json_lines_reconnects_and_exits_on
             component.publish(artifact)
             assert without_resume(json.loads(await stdout.readline())) == started.to_dict()
             assert without_resume(json.loads(await stdout.readline())) == artifact.to_dict()
-            # the server drops the client: tail reconnects by itself
+            # the server drops the client: tail reconnects by itself and resumes,
+            # so an event broadcast while it was away is still printed
             component.manager.close_all(1001, "going away")
+            missed = ArtifactPublished("a-missed", "Pizza", "pizza_master", "workflow-123")
+            component.publish(missed)
             await stderr.until(r"tail: disconnected \(1001 going away\); reconnecting")
             await stderr.until(r"tail: connected to ")
             await wait_until(lambda: component.manager.connection_count == 1)
+            assert without_resume(json.loads(await stdout.readline())) == missed.to_dict()
             again = ArtifactPublished("a2", "Review", "topping_analyst", None)
             component.publish(again)
             line = await stdout.readline()
@@ -338,6 +342,13 @@ async def test_tail_retries_with_capped_backoff_until_the_server_appears_and_sto
             proc.send_signal(signal.SIGTERM)
             with anyio.fail_after(10):
                 assert await proc.wait() == 0
+
+
+def test_resume_url() -> None:
+    url = "ws://127.0.0.1:8000/plugin/ws"
+    assert resume_url(url, None, None) == url
+    assert resume_url(url, "e1", 42) == url + "?since=42&epoch=e1"
+    assert resume_url(url + "?types=a,b&since=1", "e2", 7) == url + "?types=a%2Cb&since=7&epoch=e2"
 
 
 def test_tail_pretty_format() -> None:
