@@ -64,6 +64,21 @@ class WebSocketIO:
                 self.client._wake()
                 # Whatever is left to flush (a close reply) gets close_timeout, no more.
                 self._abort_after(tg.cancel_scope, self.close_timeout)
+        if not self.closed_cleanly and self.close_code != 1006:
+            # We failed the connection (1002/1007/1009) with input still arriving:
+            # closing now would make the kernel reset the connection and could destroy
+            # our close frame before the peer read it.  Half-close, then discard what
+            # the peer still sends until it closes too, for close_timeout at most.
+            with anyio.move_on_after(self.close_timeout):
+                try:
+                    try:
+                        await self.stream.send_eof()
+                    except NotImplementedError:  # TLS streams cannot half-close
+                        pass
+                    while await self.stream.receive(RECEIVE_SIZE):
+                        pass
+                except STREAM_GONE:
+                    pass
 
     @staticmethod
     def _abort_after(scope: anyio.CancelScope, delay: float) -> None:

@@ -244,7 +244,10 @@ class Server:
         with anyio.move_on_after(min(LINGER_TIMEOUT, self.close_timeout)) as lingering:
             self._idle.add(lingering)
             try:
-                await stream.send_eof()
+                try:
+                    await stream.send_eof()
+                except NotImplementedError:  # TLS streams cannot half-close
+                    pass
                 while await stream.receive():
                     pass
             except STREAM_GONE:

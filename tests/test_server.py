@@ -468,6 +468,24 @@ async def test_protocol_errors_close_with_code_on_the_wire(frame: bytes, code: i
             await wait_until(lambda: len(ws_component.manager) == 0)
 
 
+async def test_close_code_survives_a_peer_that_is_still_sending() -> None:
+    """A client that writes a whole oversized message before reading still gets its 1009.
+
+    Closing a socket with unread input makes the kernel send a reset, which
+    discards the close frame the peer has not read yet; the server must drain.
+    """
+    ws_component = component(max_message_size=1024)
+    message = build_frame(OP_BINARY, b"x" * (24 << 20), mask_key=b"\x00\x00\x00\x00")  # beyond any socket buffers
+    with anyio.fail_after(20):
+        async with serving(ws_component) as server, await wire(server) as raw:
+            await raw.handshake(ENDPOINT)
+            await raw.send(message)
+            close = await raw.read_close()
+            assert close.close_code == 1009
+            assert await raw.read_eof() == b""
+            assert not raw.reset
+
+
 async def test_message_at_the_size_limit_is_accepted() -> None:
     inbox: list = []
 
