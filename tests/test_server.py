@@ -33,10 +33,8 @@ from wire import (
     OP_PONG,
     OP_TEXT,
     FrameParser,
-    PeerClosed,
     WireClient,
     build_frame,
-    close_payload,
     handshake_request,
     http_request,
 )
@@ -418,6 +416,16 @@ async def test_healthz_keep_alive_two_requests_on_one_connection() -> None:
             assert (await raw.read_response()).status == 404
             head = await raw.request(http_request("HEAD", "/healthz"))
             assert head.status == 200
+
+
+async def test_frames_sent_with_the_handshake_are_served() -> None:
+    """Bytes that arrive in the same segment as the upgrade request belong to the WebSocket."""
+    with anyio.fail_after(10):
+        async with serving() as server, await wire(server) as raw:
+            await raw.send(handshake_request(ENDPOINT) + build_frame(OP_PING, b"early"))
+            assert (await raw.read_response()).status == 101
+            pong = await raw.read_frame()
+            assert (pong.opcode, pong.payload) == (OP_PONG, b"early")
 
 
 async def test_upgrade_on_a_kept_alive_connection() -> None:
