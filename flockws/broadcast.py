@@ -68,8 +68,11 @@ class Subscription:
     def matches(self, event: Mapping[str, Any]) -> bool:
         for attr, key in self.FIELDS:
             wanted = getattr(self, attr)
-            if wanted is not None and key in event and event[key] not in wanted:
-                return False
+            if wanted is not None and key in event:
+                value = event[key]
+                # A value that is not a string (a list, a dict) cannot match, nor crash the fan-out.
+                if not isinstance(value, str) or value not in wanted:
+                    return False
         return True
 
     def update(self, add: bool, changes: Mapping[str, set[str]]) -> None:
@@ -228,7 +231,7 @@ class WebSocketManager:
         self.queue_max_bytes = queue_max_bytes
         self.queue_max_messages = queue_max_messages
         self.fragment_size = fragment_size
-        self._clients: dict[Client, None] = {}  # insertion-ordered set
+        self._connections: dict[Client, None] = {}  # insertion-ordered set
         self._token: Any = None  # anyio event-loop token while serving
         self.visible = visible
         self.send_hello = send_hello
@@ -250,7 +253,7 @@ class WebSocketManager:
     # ------------------------------------------------------------ pool
 
     def __len__(self) -> int:
-        return len(self._clients)
+        return len(self._connections)
 
     def start(self, token: Any) -> None:
         """Called by the server when it starts serving: a new epoch begins (resume ids restart)."""
@@ -260,14 +263,14 @@ class WebSocketManager:
         self.history.clear()
 
     def __iter__(self) -> Iterator[Client]:
-        return iter(list(self._clients))
+        return iter(list(self._connections))
 
     @property
     def connection_count(self) -> int:
-        return len(self._clients)
+        return len(self._connections)
 
     def add(self, client: Client) -> None:
-        self._clients[client] = None
+        self._connections[client] = None
         self.accepted += 1
 
     def attach(
@@ -291,8 +294,9 @@ class WebSocketManager:
             owed.append(self._control({"type": "hello", "epoch": self.epoch, "seq": self.seq}))
         if since is not None:
             if epoch is not None and epoch != self.epoch:
-                if self.seq:
-                    owed.append(self._gap(1, self.seq, "epoch changed"))
+                # Always said, even at seq 0 (from 1 to 0): what followed ``since``
+                # in the old epoch is lost, whether or not anything happened since.
+                owed.append(self._gap(1, self.seq, "epoch changed"))
             else:
                 entries, missed = self.history.after(max(since, 0), self.seq)
                 if missed is not None:
@@ -313,7 +317,7 @@ class WebSocketManager:
         self._narrowed += now - was
 
     def discard(self, client: Client) -> None:
-        if self._clients.pop(client, 0) is None and client.subscription is not None:
+        if self._connections.pop(client, 0) is None and client.subscription is not None:
             self.set_subscription(client, None)
 
     def drop(self, client: Client, code: int, reason: str) -> None:
@@ -324,11 +328,15 @@ class WebSocketManager:
             self.dropped_slow += 1
         elif (code, reason) == HEARTBEAT_TIMEOUT:
             self.heartbeat_timeouts += 1
+        log.info(
+            "drop remote=%s path=%s code=%s reason=%s queued_bytes=%d",
+            client.remote, client.path, code, reason.replace(" ", "_"), client.queued_bytes,
+        )
         client.close(code, reason, discard_queued=True)
 
     def close_all(self, code: int, reason: str = "") -> None:
         """Close every client after what is already queued for it (graceful shutdown)."""
-        for client in list(self._clients):
+        for client in list(self._connections):
             client.close(code, reason)
 
     # ------------------------------------------------------------ broadcast
@@ -396,7 +404,7 @@ class WebSocketManager:
         """
         started = perf_counter()
         self.messages_broadcast += 1
-        clients: Any = self._clients
+        clients: Any = self._connections
         if event is not None and (self._narrowed or self.visible is not None):
             clients = [c for c in clients if self._wants(c, event)]
         size = len(frame)
@@ -440,13 +448,13 @@ class WebSocketManager:
 
     def ping_all(self) -> None:
         """Send one heartbeat ping to every client; they owe a pong."""
-        for client in list(self._clients):
+        for client in list(self._connections):
             client.awaiting_pong = True
             client.push(_PING_FRAME)
 
     def expire_unanswered(self) -> int:
         """Close (1011) every client that has not answered the last ping."""
-        late = [c for c in self._clients if c.awaiting_pong]
+        late = [c for c in self._connections if c.awaiting_pong]
         for client in late:
             self.drop(client, *HEARTBEAT_TIMEOUT)
         return len(late)
@@ -455,7 +463,7 @@ class WebSocketManager:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "connections": len(self._clients),
+            "connections": len(self._connections),
             "accepted": self.accepted,
             "handshake_failures": dict(self.handshake_failures),
             "messages_broadcast": self.messages_broadcast,
@@ -463,7 +471,7 @@ class WebSocketManager:
             "bytes_delivered": self.bytes_delivered,
             "dropped_slow": self.dropped_slow,
             "heartbeat_timeouts": self.heartbeat_timeouts,
-            "queued_bytes": sum(c.queued_bytes for c in self._clients),
+            "queued_bytes": sum(c.queued_bytes for c in self._connections),
         }
 
 

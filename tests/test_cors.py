@@ -255,6 +255,7 @@ async def test_spec_example_lets_the_frontend_connect_to_plugin_ws():
             async with connect(server.url("/plugin/ws"), origin="http://localhost:3000") as ws:
                 await (await ws.ping())  # the server speaks WebSocket and has registered us
                 assert websocket.manager.broadcast({"type": "agent_execution_started", "agent_id": "pizza_master"}) == 1
+                assert '"type":"hello"' in await ws.recv()  # the resume greeting comes first
                 assert '"pizza_master"' in await ws.recv()
             with pytest.raises(InvalidStatus) as refused:
                 async with connect(server.url("/plugin/ws"), origin=EVIL):
