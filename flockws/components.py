@@ -144,7 +144,12 @@ class WebSocketServerComponent(ServerComponent):
         except ValueError as exc:
             client.send({"type": "error", "error": str(exc)})
             return True
-        subscription = client.subscription or Subscription()
+        # A new object, never the client's own mutated in place: set_subscription
+        # compares the old and new narrowing to keep the fast-path count exact.
+        current = client.subscription
+        subscription = Subscription(
+            *(set(getattr(current, attr) or ()) for attr, _key in Subscription.FIELDS)
+        ) if current is not None else Subscription()
         if message["type"] == "unsubscribe" and not changes:
             subscription = Subscription()
         else:

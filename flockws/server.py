@@ -189,6 +189,8 @@ class Server:
         except ssl_module.SSLError as exc:
             self._count_failure("tls handshake failed")
             log.info("refuse remote=%s reason=tls %s", host, exc.reason)
+        except STREAM_GONE:
+            pass  # the peer left (e.g. mid TLS handshake): nothing failed on our side
         except Exception:
             log.exception("connection handler failed")
         finally:
@@ -229,7 +231,7 @@ class Server:
             else:
                 accepted = await self._answer(proto, event, pending.host)
                 if accepted is not None:
-                    await stream.send(proto.data_to_send())
+                    # No await before _run_websocket takes its slot: the 101 is sent there.
                     pending.release()  # the handshake is over
                     component, principal = accepted
                     return await self._run_websocket(stream, proto, component, remote, pending.host, event, principal)
@@ -279,6 +281,13 @@ class Server:
         log.info("connect remote=%s path=%s", remote, request.path)
         io = WebSocketIO(stream, proto, client, component)
         try:
+            # The 101 goes out only now, once the client holds its places in the pool and
+            # the per-address count: no await between the limits check and taking them,
+            # so concurrent handshakes cannot all pass max_connections / the address limit.
+            try:
+                await stream.send(proto.data_to_send())
+            except STREAM_GONE:
+                return False
             await io.run()
         finally:
             by_address[host] -= 1
@@ -341,6 +350,9 @@ class Server:
                     response = self._admit(target, host)
                 if response is None:
                     principal, response = await self._authenticate(target, request, host)
+                    if response is None:
+                        # Again: others may have joined while the hook awaited.
+                        response = self._admit(target, host)
             if response is None:
                 assert target is not None
                 proto.accept()
