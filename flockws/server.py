@@ -164,6 +164,10 @@ class Server:
                     continue
                 raise
             self._connections.start_soon(self._handle, stream)
+            # Do not pin the last accepted connection until the next accept: if its
+            # transport failed, the error's traceback holds the frames (and through
+            # them the Client) of whoever wrote to it.
+            del stream
 
     async def _handle(self, stream: ByteStream) -> None:
         self._open_streams += 1

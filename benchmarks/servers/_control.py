@@ -19,7 +19,10 @@ server's broadcast.  With ``rate`` 0 it is a burst: as fast as the server lets
 it go, yielding to the event loop once per message (as a real producer task
 would: flockws and websockets broadcast synchronously, so without the yield a
 burst would be one giant batch and measure nothing but ``deque.append``).
-With ``rate`` > 0 it follows an absolute schedule of ``rate`` messages/s.
+With ``rate`` > 0 it follows an absolute schedule of ``rate`` messages/s and
+stamps each message with its scheduled time, so that a server whose
+broadcast call blocks the publisher (websockets' synchronous ``broadcast``,
+uvicorn's awaited sends) is charged for the delay it causes.
 """
 
 from __future__ import annotations
@@ -39,6 +42,26 @@ from ..common import Payload, cpu_seconds, pin, raise_nofile, rss_kib
 
 Broadcast = Callable[[str], Any]
 _OUT: Any = None
+
+
+class _GCTimer:
+    """Time spent in the cyclic garbage collector (reported with every stats reply)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = [0, 0, 0]
+        self._t0 = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._t0
+            self.collections[info["generation"]] += 1
+
+
+GC = _GCTimer()
 
 
 def prepare() -> None:
@@ -143,6 +166,8 @@ class Controller:
             "publisher_seconds": (self.pub_finished or time.monotonic()) - self.pub_started if self.pub_started else 0.0,
             "publisher_cpu_end": self.pub_cpu_end,
             "publisher_error": self.pub_error,
+            "gc_seconds": GC.seconds,
+            "gc_collections": list(GC.collections),
             **(self.extra() if self.extra else {}),
         }
 
@@ -160,10 +185,16 @@ class Controller:
         try:
             for seq in range(n):
                 if interval_ns:
-                    delay = t0 + seq * interval_ns - clock()
+                    # The timestamp is the *scheduled* time: a publisher held up by a
+                    # slow broadcast makes its lateness part of the latency
+                    # (no coordinated omission).
+                    due = t0 + seq * interval_ns
+                    delay = due - clock()
                     if delay > 0:
                         await sleep(delay / 1e9)
-                message = make(seq, clock())
+                    message = make(seq, due)
+                else:
+                    message = make(seq, clock())
                 if is_async:
                     await broadcast(message)
                 else:
