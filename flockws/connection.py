@@ -41,7 +41,7 @@ STREAM_GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourc
 class WebSocketIO:
     """The reader and writer of one open WebSocket."""
 
-    __slots__ = ("stream", "proto", "client", "component", "reader_done", "closed_cleanly", "close_timeout", "close_code")
+    __slots__ = ("stream", "proto", "client", "component", "reader_done", "reader_finished", "closed_cleanly", "close_timeout", "close_code")
 
     def __init__(
         self, stream: ByteStream, proto: ServerProtocol, client: Client, component: WebSocketServerComponent
@@ -51,7 +51,10 @@ class WebSocketIO:
         self.client = client
         self.component = component
         self.close_timeout = component.config.close_timeout
-        self.reader_done = anyio.Event()
+        # The writer waits for the reader only while closing: the Event is made then
+        # (an idle connection does not carry one, ~1 KiB with its waiter deque).
+        self.reader_done: anyio.Event | None = None
+        self.reader_finished = False
         self.closed_cleanly = False  # the close handshake completed
         self.close_code = 1006  # what the connection ended with, for the log
 
@@ -62,7 +65,9 @@ class WebSocketIO:
             try:
                 await self._read()
             finally:
-                self.reader_done.set()
+                self.reader_finished = True
+                if self.reader_done is not None:
+                    self.reader_done.set()
                 self.client.closing = True
                 self.client.manager.discard(self.client)
                 self.client._wake()
@@ -163,9 +168,11 @@ class WebSocketIO:
                     await stream.send(proto.data_to_send())
                     # Give the peer close_timeout to answer, then abort.
                     with anyio.move_on_after(self.close_timeout):
-                        await self.reader_done.wait()
+                        if not self.reader_finished:
+                            self.reader_done = anyio.Event()
+                            await self.reader_done.wait()
                     return
-                elif self.reader_done.is_set() or proto.state is not State.OPEN:
+                elif self.reader_finished or proto.state is not State.OPEN:
                     return
                 else:
                     client.waiter = waiter = new_waiter()

@@ -45,7 +45,7 @@ _OUT: Any = None
 
 
 class _GCTimer:
-    """Time spent in the cyclic garbage collector (reported with every stats reply)."""
+    """CPU time spent in the cyclic garbage collector (reported with every stats reply)."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
@@ -55,9 +55,9 @@ class _GCTimer:
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            self._t0 = time.perf_counter()
+            self._t0 = time.thread_time()
         else:
-            self.seconds += time.perf_counter() - self._t0
+            self.seconds += time.thread_time() - self._t0
             self.collections[info["generation"]] += 1
 
 
@@ -149,6 +149,19 @@ class Controller:
             self.pub_started = time.monotonic()
             self.task = asyncio.ensure_future(self._publish(int(cmd["n"]), float(cmd.get("rate", 0)), int(cmd.get("size", 300))))
             return {"cpu": cpu, "t_ns": time.monotonic_ns(), "rss_kib": rss_kib(), "pool": self.pool_size()}
+        if what == "profile":  # cProfile of the loop thread: {"action": "start"} then {"action": "stop", "path": ...}
+            import cProfile
+
+            if cmd.get("action") == "start":
+                self.profiler = cProfile.Profile()
+                self.profiler.enable()
+                return {"profiling": True}
+            profiler, self.profiler = getattr(self, "profiler", None), None
+            if profiler is None:
+                return {"error": "not profiling"}
+            profiler.disable()
+            profiler.dump_stats(cmd["path"])
+            return {"profiling": False, "path": cmd["path"]}
         if what == "cancel":
             if self.task is not None and not self.task.done():
                 self.task.cancel()
