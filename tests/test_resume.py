@@ -269,7 +269,7 @@ async def test_restart_under_load_gives_1001_then_new_epoch_and_gap() -> None:
 
 
 async def test_restart_then_reconnect_before_any_new_event_still_says_gap() -> None:
-    comp = component(close_timeout=2)
+    comp = component(close_timeout=0.3)
     manager = comp.manager
     with anyio.fail_after(10):
         async with serving(comp) as first:
