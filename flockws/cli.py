@@ -47,8 +47,15 @@ def _err(message: str) -> None:
 
 
 def _run(main: Callable[..., Awaitable[int | None]], *args: Any) -> int:
+    # uvloop when it is installed (the ``uvloop`` extra): the same server on a faster loop.
     try:
-        return anyio.run(main, *args) or 0
+        import uvloop  # noqa: F401
+
+        options: dict[str, Any] = {"use_uvloop": True}
+    except ImportError:
+        options = {}
+    try:
+        return anyio.run(main, *args, backend_options=options) or 0
     except KeyboardInterrupt:
         return 0
     except OSError as exc:  # typically: the port is taken
