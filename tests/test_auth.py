@@ -66,7 +66,7 @@ async def test_missing_or_wrong_token_is_refused_with_401_before_upgrade(target:
         async with serving(comp) as server:
             response, hello = await attempt(server.port, target, headers)
             assert response.status == 401 and hello is None
-            assert response.header("www-authenticate", ).lower().startswith("bearer")
+            assert response.header("www-authenticate").lower().startswith("bearer")
             assert response.header("sec-websocket-accept") is None
             assert TOKEN.encode() not in response.body
             assert len(comp.manager) == 0 and comp.manager.accepted == 0

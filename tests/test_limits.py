@@ -7,7 +7,6 @@ address).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import anyio
@@ -17,7 +16,7 @@ from eventclient import ENDPOINT, component, raw_connect, read_event, read_hello
 from flockws import WebSocketComponentConfig, WebSocketServerComponent
 from flockws.broadcast import Client
 from flockws.protocol import Request
-from wire import OP_CLOSE, OP_CONTINUATION, OP_TEXT, PeerClosed, WireClient, build_frame, handshake_request
+from wire import OP_CONTINUATION, OP_TEXT, PeerClosed, WireClient, build_frame, handshake_request
 
 pytestmark = pytest.mark.anyio
 

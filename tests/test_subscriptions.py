@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from eventclient import ENDPOINT, component, raw_connect, read_event, read_hello, serving, wait_until
+from flockws import WebSocketComponentConfig, WebSocketServerComponent
 from flockws.broadcast import Client, Subscription, WebSocketManager
 
 pytestmark = pytest.mark.anyio
@@ -141,8 +143,6 @@ async def test_subscribe_messages_do_not_reach_on_message() -> None:
 
     async def on_message(client: Client, data: str | bytes) -> None:
         seen.append(data)
-
-    from flockws import WebSocketComponentConfig, WebSocketServerComponent
 
     comp = WebSocketServerComponent(WebSocketComponentConfig(), on_message=on_message)
     with anyio.fail_after(10):
