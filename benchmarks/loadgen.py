@@ -91,6 +91,7 @@ class LoadGen:
         self.lat_file = ""
         self.pongs = 0
         self.unexpected = 0
+        self.err_log = 0
         self.set_frame(300)
 
     def set_frame(self, size: int) -> None:
@@ -231,6 +232,9 @@ class LoadGen:
                 seq = int(data[off + s0 : off + s1])
                 if seq != nxt:
                     c.errors += 1
+                    if self.err_log < 20:
+                        self.err_log += 1
+                        sys.stderr.write(f"order: fd={c.fd} got seq {seq} expected {nxt} (client got {c.got + got}, off {off}, n {n})\n")
                 nxt = seq + 1
                 append(now - int(data[off + t0 : off + t1]))
                 got += 1
@@ -283,6 +287,8 @@ class LoadGen:
             c.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
             self.send(c, b"\x88\x82\0\0\0\0" + (c.close_code or 1000).to_bytes(2, "big"))
             self.lost(c)
+        elif opcode == 0x1 and payload.startswith(b'{"type":"hello"'):
+            pass  # flockws' resume greeting, sent once after the handshake
         elif opcode != 0xA:
             self.unexpected += 1
             c.errors += 1
