@@ -196,7 +196,7 @@ def session(
     stalled: int = 0,
     rcvbuf: int = 0,
     procs: int = 1,
-    cap: float = 30.0,
+    cap: float = 20.0,
     tmp: Path,
     log_dir: Path,
 ) -> list[dict[str, Any]]:
@@ -493,7 +493,7 @@ def main() -> None:
     parser.add_argument("--only-slow", action="store_true", help="run only the slow-consumer scenario")
     parser.add_argument("--loadgen-procs", type=int, default=1, help="load generator processes (all on core 1)")
     parser.add_argument("--out", help="name of the outputs (default results / quick)")
-    parser.add_argument("--cap", type=float, default=30.0, help="seconds a scenario may run on after publishing (default 30)")
+    parser.add_argument("--cap", type=float, default=20.0, help="seconds a scenario may run on after publishing (default 20)")
     args = parser.parse_args()
 
     pin(1)
