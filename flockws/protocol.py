@@ -81,7 +81,10 @@ class Request:
 
     @property
     def path(self) -> str:
-        return self.target.split("?", 1)[0]
+        path = self.target.split("?", 1)[0]
+        if not path.startswith("/") and "://" in path:  # absolute-form, which servers MUST accept (RFC 7230 5.3.2)
+            path = "/" + path.split("://", 1)[1].partition("/")[2]
+        return path
 
     @property
     def query(self) -> str:

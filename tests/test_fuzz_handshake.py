@@ -379,3 +379,13 @@ def test_duplicate_version_is_malformed_not_unsupported() -> None:
     ex.feed((f"GET {ENDPOINT} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
              f"Sec-WebSocket-Key: {VALID_KEY}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
     assert [status for status, _, _ in ex.responses] == [400]
+
+
+def test_absolute_form_target_is_routed_by_its_path() -> None:
+    """Regression: GET http://host/plugin/ws (absolute-form, RFC 7230 5.3.2) got 404."""
+    for target, status in [(f"http://example.com{ENDPOINT}", 101), (f"http://example.com{ENDPOINT}?a=1", 101),
+                           ("http://example.com", 404), ("http://example.com/other", 404)]:
+        ex = Exchange()
+        ex.feed((f"GET {target} HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {VALID_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        assert [s for s, _, _ in ex.responses] == [status], target
