@@ -23,7 +23,7 @@ import enum
 import hashlib
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import h11
 from wsproto.connection import Connection as WSConnection

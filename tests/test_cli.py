@@ -36,6 +36,8 @@ from flockws.events import (
     StreamingOutput,
 )
 
+from greeting import recv_event, without_resume
+
 pytestmark = pytest.mark.anyio
 
 HOST = "127.0.0.1"
@@ -133,23 +135,6 @@ async def http_get(port: int, path: str) -> tuple[str, str, bytes]:
 
 def ws(url: str):  # type: ignore[no-untyped-def]
     return ws_connect(url, proxy=None, open_timeout=5, close_timeout=5)
-
-
-def without_resume(event: dict[str, Any]) -> dict[str, Any]:
-    """The event minus the broadcaster's resume counter (``seq``, appended last when present)."""
-    if "seq" in event:
-        assert list(event)[-1] == "seq" and isinstance(event["seq"], int), event
-        event = {k: v for k, v in event.items() if k != "seq"}
-    return event
-
-
-async def recv_event(recv: Callable[[], Any]) -> dict[str, Any]:
-    """The next event from ``recv``, skipping the greeting a server may send on connect."""
-    while True:
-        event = json.loads(await recv())
-        if event.get("type") == "hello" and "epoch" in event:
-            continue
-        return without_resume(event)
 
 
 # ---------------------------------------------------------------- serve

@@ -8,7 +8,6 @@ server, each receiving only its own broadcasts.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +26,8 @@ from flockws import (
     WebSocketManager,
     WebSocketServerComponent,
 )
+
+from greeting import recv_event
 
 HOST = "127.0.0.1"
 
@@ -48,23 +49,6 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
 
 def ws(server: Server, path: str):  # type: ignore[no-untyped-def]
     return ws_connect(server.url(path), proxy=None, open_timeout=5, close_timeout=5)
-
-
-def without_resume(event: dict[str, Any]) -> dict[str, Any]:
-    """The event minus the broadcaster's resume counter (``seq``, appended last when present)."""
-    if "seq" in event:
-        assert list(event)[-1] == "seq" and isinstance(event["seq"], int), event
-        event = {k: v for k, v in event.items() if k != "seq"}
-    return event
-
-
-async def recv_event(recv: Callable[[], Any]) -> dict[str, Any]:
-    """The next event from ``recv``, skipping the greeting a server may send on connect."""
-    while True:
-        event = json.loads(await recv())
-        if event.get("type") == "hello" and "epoch" in event:
-            continue
-        return without_resume(event)
 
 
 # ---------------------------------------------------------------- config

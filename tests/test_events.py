@@ -38,6 +38,8 @@ from flockws.events import (
     utc_timestamp,
 )
 
+from greeting import recv_event, without_resume
+
 HOST = "127.0.0.1"
 
 # The page's examples, verbatim (key order included).
@@ -104,23 +106,6 @@ def attached_client(manager: WebSocketManager) -> Client:
 def received(client: Client) -> list[str]:
     data, _ = client.take() if client.queue else (b"", 0)
     return decode_frames(data)
-
-
-def without_resume(event: dict[str, Any]) -> dict[str, Any]:
-    """The event minus the broadcaster's resume counter (``seq``, appended last when present)."""
-    if "seq" in event:
-        assert list(event)[-1] == "seq" and isinstance(event["seq"], int), event
-        event = {k: v for k, v in event.items() if k != "seq"}
-    return event
-
-
-async def recv_event(recv: Callable[[], Any]) -> dict[str, Any]:
-    """The next event from ``recv``, skipping the greeting a server may send on connect."""
-    while True:
-        event = json.loads(await recv())
-        if event.get("type") == "hello" and "epoch" in event:
-            continue
-        return without_resume(event)
 
 
 def validate(instance: Any, schema: dict[str, Any], path: str = "$") -> None:

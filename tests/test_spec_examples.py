@@ -6,10 +6,8 @@ Only the URI (the test server's port) and the import path (``flock...`` ->
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,8 @@ from flockws import (
     serve,
 )
 from flockws.events import AgentExecutionCompleted, AgentExecutionStarted, ArtifactPublished, StreamingOutput
+
+from greeting import recv_event
 
 pytestmark = pytest.mark.anyio
 
@@ -116,23 +116,6 @@ async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
     with anyio.fail_after(timeout):
         while not predicate():
             await anyio.sleep(0.002)
-
-
-def without_resume(event: dict[str, Any]) -> dict[str, Any]:
-    """The event minus the broadcaster's resume counter (``seq``, appended last when present)."""
-    if "seq" in event:
-        assert list(event)[-1] == "seq" and isinstance(event["seq"], int), event
-        event = {k: v for k, v in event.items() if k != "seq"}
-    return event
-
-
-async def recv_event(recv: Callable[[], Any]) -> dict[str, Any]:
-    """The next event from ``recv``, skipping the greeting a server may send on connect."""
-    while True:
-        event = json.loads(await recv())
-        if event.get("type") == "hello" and "epoch" in event:
-            continue
-        return without_resume(event)
 
 
 async def test_python_client_example_runs_unchanged() -> None:
