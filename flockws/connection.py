@@ -286,6 +286,10 @@ class _DirectWriter:
             raise anyio.ClosedResourceError
         if self.protocol.exception is not None:
             raise anyio.BrokenResourceError from self.protocol.exception
+        if self.transport.is_closing():
+            # Failed or aborted, connection_lost not run yet: asyncio would silently
+            # drop every further write (logging "socket.send() raised exception").
+            raise anyio.BrokenResourceError
 
     async def send(self, data: bytes) -> None:
         protocol = self.protocol
@@ -301,7 +305,9 @@ class _DirectWriter:
             raise
         if not protocol.write_event.is_set():  # the kernel did not take it all: wait for the drain
             await protocol.write_event.wait()
-            self._check()
+        # Also when the kernel took it all: the write itself may have failed (a reset),
+        # and the writer must stop now rather than loop over more replay without yielding.
+        self._check()
 
     # -- waker protocol: the writer parks, set() is called when something is queued
 
@@ -330,6 +336,7 @@ class _DirectWriter:
             or not protocol.write_event.is_set()
             or self.stream._closed  # type: ignore[attr-defined]
             or protocol.exception is not None
+            or self.transport.is_closing()
         ):
             future.set_result(None)  # not the common case: the writer task handles it
             return
@@ -339,6 +346,9 @@ class _DirectWriter:
                 self.transport.write(data)
             except Exception:
                 log.exception("direct write failed for %s", client.remote)
+                future.set_result(None)
+                return
+            if self.transport.is_closing():  # the write failed: the writer task ends the connection
                 future.set_result(None)
                 return
             manager = client.manager

@@ -203,7 +203,11 @@ class Follower:
             await wire.send_close(1000)
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
-        await wire.aclose()
+        finally:
+            # Also when cancelled in send_close (a test's task group cancelled while the
+            # follower closes): self.wire is already None, so nothing else would close it
+            # and the socket would stay open until a garbage collection.
+            await wire.aclose()
 
     async def next(self) -> dict[str, Any] | int | None:
         """Read one message: an event (checked), a close code, or None if the TCP stream ended."""

@@ -327,13 +327,15 @@ async def test_full_speed_publisher_with_stalled_churning_and_resuming_clients(
             churned = 0
 
             async def publisher() -> None:
+                # For `duration`, and on a loaded machine on until enough happened for the
+                # checks below to mean something (the test's fail_after still bounds it).
                 n = 0
-                with anyio.move_on_after(duration):
-                    while True:
-                        for _ in range(10):
-                            manager.broadcast({"type": "tick", "n": n, "pad": "p" * size})
-                            n += 1
-                        await anyio.lowlevel.checkpoint()
+                end = anyio.current_time() + duration
+                while anyio.current_time() < end or n <= 2_000 or churned <= 50:
+                    for _ in range(10):
+                        manager.broadcast({"type": "tick", "n": n, "pad": "p" * size})
+                        n += 1
+                    await anyio.lowlevel.checkpoint()
                 published.set()
 
             async def resume_forever(follower: Follower, k: int) -> None:
@@ -418,3 +420,40 @@ async def test_full_speed_publisher_with_stalled_churning_and_resuming_clients(
                 assert any(f.gaps for f in resumers), "history ran out but no gap was reported"
             await base.check(timeout=10)
     no_handler_failures(caplog)
+
+
+async def test_direct_writer_stops_at_a_write_that_failed(caplog: pytest.LogCaptureFixture) -> None:
+    """The peer reset; the asyncio fast path's next write fails inside ``transport.write``.
+
+    asyncio then closes the transport but tells the protocol only a loop turn
+    later, and silently drops (and after a few, logs "socket.send() raised
+    exception" for) every write until then.  The writer, which may loop over
+    replay chunks without yielding, must stop at that write.
+    """
+    import struct
+    from types import SimpleNamespace
+
+    from flockws.connection import _DirectWriter
+
+    caplog.set_level(logging.WARNING)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener:
+        port = listener.extra(SocketAttribute.local_port)
+        peer = await anyio.connect_tcp("127.0.0.1", port)
+        stream = await listener.listeners[0].accept()  # type: ignore[attr-defined]
+        async with stream:
+            writer = _DirectWriter.create(SimpleNamespace(stream=stream, client=None))  # type: ignore[arg-type]
+            if writer is None:
+                pytest.skip("no asyncio fast path for this stream")
+            await writer.send(b"x")
+            # Not reading (as between two of the reader's receives): the write is the
+            # first to see the reset, not the transport's read callback.
+            stream._transport.pause_reading()  # type: ignore[attr-defined]
+            sock = peer.extra(SocketAttribute.raw_socket)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await peer.aclose()  # a reset
+            await anyio.sleep(0.05)  # let it arrive
+            with pytest.raises(anyio.BrokenResourceError):
+                for _ in range(8):
+                    await writer.send(b"y" * 1000)
+    assert not [r for r in caplog.records if "socket.send() raised" in r.getMessage()]
