@@ -203,13 +203,20 @@ class _Flusher:
     clients not yet written to, and goes out in the same write.
     """
 
-    __slots__ = ("loop", "pending", "scheduled")
+    __slots__ = ("_loop", "pending", "scheduled")
     _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = weakref.WeakKeyDictionary()
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        # Weakly: a strong reference would keep its own _by_loop entry (and a closed loop) alive forever.
+        self._loop = weakref.ref(loop)
         self.pending: deque[_DirectWriter] = deque()
         self.scheduled = False
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop()
+        assert loop is not None, "flusher used after its loop was collected"
+        return loop
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> _Flusher:
