@@ -29,6 +29,8 @@ import pytest
 from flockws import Server, WebSocketComponentConfig, WebSocketServerComponent
 from flockws import protocol as protocol_module
 
+from spec_page import JS_CLIENT as SPEC_JS_EXAMPLE
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -50,41 +52,6 @@ pytestmark = [
 ]
 
 # Verbatim from Flock's WebSocketServerComponent page, "Client-Side Usage" /
-# "JavaScript/TypeScript Client".
-SPEC_JS_EXAMPLE = """\
-// Connect to WebSocket
-const ws = new WebSocket('ws://localhost:8000/plugin/ws');
-
-ws.onopen = () => {
-  console.log('Connected to Flock WebSocket');
-};
-
-ws.onmessage = (event) => {
-  const message = JSON.parse(event.data);
-
-  switch (message.type) {
-    case 'agent_execution_started':
-      console.log(`Agent ${message.agent_id} started`);
-      break;
-
-    case 'streaming_output':
-      console.log(`Output: ${message.content}`);
-      break;
-
-    case 'artifact_published':
-      console.log(`New artifact: ${message.artifact_type}`);
-      break;
-  }
-};
-
-ws.onerror = (error) => {
-  console.error('WebSocket error:', error);
-};
-
-ws.onclose = () => {
-  console.log('WebSocket connection closed');
-};
-"""
 
 # The spec's own event examples (section "Event Types").
 SPEC_EVENTS = [
