@@ -23,7 +23,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from anyio.abc import SocketStream
 
 from flockws import Server, ServerComponent, WebSocketComponentConfig, WebSocketServerComponent
 from wire import OP_CLOSE, OP_TEXT, PeerClosed, WireClient
@@ -65,26 +64,7 @@ async def raw_connect(
     port: int, *, host: str = HOST, local_host: str | None = None, rcvbuf: int | None = None
 ) -> WireClient:
     """A raw client socket; ``local_host`` binds the client side, ``rcvbuf`` sets SO_RCVBUF first."""
-    if rcvbuf is None:
-        return WireClient(await anyio.connect_tcp(host, port, local_host=local_host))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        if local_host is not None:
-            sock.bind((local_host, 0))
-        sock.setblocking(False)
-        try:
-            sock.connect((host, port))
-        except BlockingIOError:
-            with anyio.fail_after(10):
-                await anyio.wait_writable(sock)
-            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if error:
-                raise OSError(error, os.strerror(error))
-        return WireClient(await SocketStream.from_socket(sock))
-    except BaseException:
-        sock.close()
-        raise
+    return await WireClient.connect(host, port, rcvbuf=rcvbuf, local_host=local_host)
 
 
 async def reset(wire: WireClient) -> None:

@@ -30,17 +30,8 @@ from flockws import Server, WebSocketComponentConfig, WebSocketServerComponent
 from flockws.dashboard import DashboardComponent, with_dashboard
 from flockws.protocol import Request
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-proxy-server",
-]
+from browser import CHROMIUM, CHROMIUM_ARGS
+
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 WAIT_MS = 10_000  # Playwright waits
 JOIN_S = 15.0  # waiting for the page's WebSocket to be added on the server

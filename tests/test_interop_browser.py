@@ -31,17 +31,8 @@ from flockws import protocol as protocol_module
 
 from spec_page import JS_CLIENT as SPEC_JS_EXAMPLE
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-proxy-server",
-]
+from browser import CHROMIUM, CHROMIUM_ARGS
+
 WAIT_MS = 10_000
 WAIT_S = 15.0
 

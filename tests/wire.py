@@ -260,16 +260,20 @@ class WireClient:
         self.reset = False
 
     @classmethod
-    async def connect(cls, host: str, port: int, *, rcvbuf: int | None = None) -> WireClient:
+    async def connect(
+        cls, host: str, port: int, *, rcvbuf: int | None = None, local_host: str | None = None
+    ) -> WireClient:
         """Connect over TCP; ``rcvbuf`` sets SO_RCVBUF before connecting (a small one
         makes a client that stops reading stall the server quickly, since the kernel
-        then absorbs little)."""
+        then absorbs little); ``local_host`` binds the client side (e.g. 127.0.0.2)."""
         if rcvbuf is None:
-            return cls(await anyio.connect_tcp(host, port))
+            return cls(await anyio.connect_tcp(host, port, local_host=local_host))
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if local_host is not None:
+                sock.bind((local_host, 0))
             sock.setblocking(False)
             try:
                 sock.connect((host, port))
