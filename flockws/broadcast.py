@@ -114,7 +114,6 @@ class Client:
         "path",
         "principal",
         "manager",
-        "on_close",
         "replay",
         "subscription",
         "__weakref__",
@@ -133,10 +132,6 @@ class Client:
         self.path = path
         self.principal: Any = None
         self.manager = manager
-        # Set by the I/O layer: called once when a close is requested, so the
-        # connection can be aborted after its close timeout even if its writer
-        # is stuck in a send to a peer that stopped reading.
-        self.on_close: Callable[[], None] | None = None
         # Frames owed before the live queue (hello, gap, resumed history): shared
         # references to bytes the history already holds, so not counted against
         # the queue bound; the writer drains them first.
@@ -210,8 +205,6 @@ class Client:
             self.queued_bytes = 0
         self.manager.discard(self)
         self._wake()
-        if self.on_close is not None:
-            self.on_close()
 
 
 class WebSocketManager:

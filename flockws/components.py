@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -121,7 +122,7 @@ class WebSocketServerComponent(ServerComponent):
         rate = self.config.inbound_rate_limit
         if rate is None:
             return None
-        return TokenBucket(rate, max(self.config.inbound_burst, 1), anyio.current_time())
+        return TokenBucket(rate, max(self.config.inbound_burst, 1), time.monotonic())
 
     def handle_control(self, client: Client, data: str | bytes) -> bool:
         """Consume ``subscribe``/``unsubscribe`` messages; True if ``data`` was one.

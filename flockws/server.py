@@ -1,52 +1,53 @@
 """The server: TCP listeners, HTTP routing across components, and graceful shutdown.
 
-One task accepts per listener; each accepted connection gets one task that
-reads requests until a handshake succeeds (then :class:`~flockws.connection.WebSocketIO`
-takes over) or the connection ends.  All of them live in task groups owned by
-:class:`Server`, which is an async context manager: leaving it (or cancelling
-:func:`serve`) stops accepting, sends 1001 to every client, waits at most
+Each accepted connection is a :class:`~flockws.connection.Connection` (an
+asyncio Protocol: no task per connection, see that module for the measured
+reason).  :class:`Server` is an async context manager: it binds the
+listeners, owns the task group in which components' background work and the
+few per-request tasks run, and on leaving (or when :func:`serve` is
+cancelled) stops accepting, sends 1001 to every client, waits at most
 ``close_timeout`` for them, and aborts what is left.
 """
 
 from __future__ import annotations
 
-import errno
+import asyncio
 import logging
 import math
+import socket
 import ssl as ssl_module
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import ByteStream, SocketAttribute, TaskStatus
-from anyio.streams.tls import TLSStream
-from urllib.parse import parse_qs
+from anyio.abc import TaskStatus
 
 from .auth import Refused
-from .broadcast import Client, Subscription
-from .components import ServerComponent, WebSocketServerComponent, subscription_fields
-from .connection import STREAM_GONE, WebSocketIO
+from .components import ServerComponent, WebSocketServerComponent
+from .connection import Connection, Flusher
 from .http import Response
 from .metrics import render as render_metrics
-from .protocol import CLOSE_GOING_AWAY, DEFAULT_MAX_HEADER_SIZE, Closed, HTTPError, Request, ServerProtocol, State
+from .protocol import CLOSE_GOING_AWAY, DEFAULT_MAX_HEADER_SIZE, Request
 
 log = logging.getLogger("flockws")
 
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
-LINGER_TIMEOUT = 2.0  # at most this long draining a peer after a closing response
 ASYNCAPI_PATH = "/asyncapi.json"
+BACKLOG = 4096  # pending TCP connections the kernel queues for us (capped by somaxconn)
+
+Decision = Response | tuple[WebSocketServerComponent, Any]
 
 
 class Server:
     """A running flockws server; use as ``async with Server(...) as server``.
 
     Inside the block the listeners are bound (``server.port`` is the real port
-    when ``port=0``) and connections are served by background tasks that the
-    server owns.  Leaving the block shuts down gracefully.
+    when ``port=0``) and connections are served on the running asyncio loop.
+    Leaving the block shuts down gracefully.
     """
 
     def __init__(
@@ -80,17 +81,17 @@ class Server:
         # Slowloris bound: connections that have not finished a handshake, in all and per address.
         self.max_pending_handshakes = max_pending_handshakes
         self.max_pending_per_address = max_pending_per_address
-        self._pending: Counter[str] = Counter()
+        self._pending: Counter[str] = Counter()  # unfinished handshakes per address
         self._per_address: dict[WebSocketServerComponent, Counter[str]] = {c: Counter() for c in self.websockets}
         self.refused_pending = 0
         self.addresses: list[tuple[str, int]] = []
         self._stack: AsyncExitStack | None = None
-        self._connections: anyio.abc.TaskGroup | None = None
-        self._accepting: anyio.CancelScope | None = None
-        self._open_streams = 0
-        self._drained: anyio.Event | None = None  # set when the last stream closes during shutdown
+        self._tasks: anyio.abc.TaskGroup | None = None  # per-request and on_message tasks
+        self._listeners: list[asyncio.Server] = []
+        self._connections: set[Connection] = set()
+        self._drained: anyio.Event | None = None  # set when the last connection ends during shutdown
         self._stopping = False
-        self._idle: set[anyio.CancelScope] = set()  # HTTP-phase waits that shutdown cancels
+        self.flusher: Flusher  # made on entry, with the running loop
 
     # ------------------------------------------------------------ lifecycle
 
@@ -104,23 +105,42 @@ class Server:
         host = f"[{host}]" if ":" in host else host
         return f"{scheme}://{host}:{port}{path}"
 
+    def stats(self) -> dict[str, Any]:
+        """The server's own bookkeeping (for tests, health checks and leak hunting)."""
+        return {
+            "connections": len(self._connections),
+            "pending_handshakes": self._pending.total(),
+            "pending_by_address": dict(self._pending),
+            "websockets_by_address": {c.endpoint: dict(self._per_address[c]) for c in self.websockets},
+            "refused_pending": self.refused_pending,
+        }
+
     async def __aenter__(self) -> Server:
-        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.requested_port)
-        listeners = getattr(listener, "listeners", [listener])
-        self.addresses = [lst.extra(SocketAttribute.local_address)[:2] for lst in listeners]
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError("flockws serves on asyncio (anyio's asyncio backend, with or without uvloop)") from None
+        self.flusher = Flusher(loop)
         token = anyio.lowlevel.current_token()
-        for component in self.websockets:
-            component.manager.start(token)
-        async with AsyncExitStack() as stack:
-            stack.push_async_callback(listener.aclose)
-            self._connections = await stack.enter_async_context(anyio.create_task_group())
-            background = await stack.enter_async_context(anyio.create_task_group())
-            self._accepting = background.cancel_scope
-            for lst in listeners:
-                background.start_soon(self._accept_loop, lst)
-            for component in self.components:
-                background.start_soon(component.run)
-            self._stack = stack.pop_all()
+        sockets = _bind(self.host, self.requested_port)  # before any task group: a taken port raises plainly
+        try:
+            async with AsyncExitStack() as stack:
+                self._tasks = await stack.enter_async_context(anyio.create_task_group())
+                background = await stack.enter_async_context(anyio.create_task_group())
+                stack.callback(self._close_listeners)
+                for sock in sockets:
+                    self._listeners.append(await loop.create_server(lambda: Connection(self), sock=sock, backlog=BACKLOG))
+                self.addresses = [tuple(sock.getsockname()[:2]) for sock in sockets]  # type: ignore[misc]
+                for component in self.websockets:
+                    component.manager.start(token)
+                for component in self.components:
+                    background.start_soon(component.run)
+                self._background = background
+                self._stack = stack.pop_all()
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
         log.info("flockws listening on %s", ", ".join(f"{h}:{p}" for h, p in self.addresses))
         return self
 
@@ -131,177 +151,79 @@ class Server:
             await self.shutdown()
         return await stack.__aexit__(*exc_info)
 
+    def _close_listeners(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+
     async def shutdown(self) -> None:
         """Stop accepting, send 1001 to every client, wait ``close_timeout``, abort the rest."""
-        if self._accepting is not None:
-            self._accepting.cancel()
-        # Connections still in the HTTP phase (idle keep-alive, lingering) close now.
+        self._close_listeners()
         self._stopping = True
-        for scope in list(self._idle):
-            scope.cancel()
+        self._background.cancel_scope.cancel()
+        for connection in list(self._connections):
+            connection.close_idle()  # between HTTP requests: nothing to wait for
         for component in self.websockets:
             component.manager.close_all(CLOSE_GOING_AWAY, "server shutdown")
             component.manager._token = None
-        if self._open_streams:
+        await self._wait_drained(self.close_timeout)
+        for connection in list(self._connections):
+            connection.abort()
+        await self._wait_drained(1.0)  # aborted transports report connection_lost on the next loop turn
+        if self._tasks is not None:
+            self._tasks.cancel_scope.cancel()
+
+    async def _wait_drained(self, timeout: float) -> None:
+        if self._connections:
             self._drained = anyio.Event()
-            with anyio.move_on_after(self.close_timeout):
+            with anyio.move_on_after(timeout):
                 await self._drained.wait()
-        if self._connections is not None:
-            self._connections.cancel_scope.cancel()
+            self._drained = None
 
-    # ------------------------------------------------------------ accepting
+    # ------------------------------------------------------------ connections (called by Connection)
 
-    async def _accept_loop(self, listener: anyio.abc.Listener[ByteStream]) -> None:
-        assert self._connections is not None
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # Out of descriptors: back off instead of spinning; existing clients go on.
-                    log.warning("accept failed (%s); retrying in 100 ms", exc)
-                    await anyio.sleep(0.1)
-                    continue
-                raise
-            self._connections.start_soon(self._handle, stream)
-            # Do not pin the last accepted connection until the next accept: if its
-            # transport failed, the error's traceback holds the frames (and through
-            # them the Client) of whoever wrote to it.
-            del stream
+    def _spawn(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        assert self._tasks is not None
+        self._tasks.start_soon(func, *args)
 
-    async def _handle(self, stream: ByteStream) -> None:
-        self._open_streams += 1
-        clean = False
-        host = _remote_host(stream)
-        pending = _PendingSlot(self._pending, host)
-        try:
-            if self._pending.total() > self.max_pending_handshakes or (
-                self.max_pending_per_address is not None and self._pending[host] > self.max_pending_per_address
-            ):
-                # Too many unfinished handshakes: refuse before reading a byte, so
-                # half-sent requests cannot pile up to exhaust descriptors.
-                self.refused_pending += 1
-                self._count_failure("too many pending handshakes")
-                return
-            if self.ssl is not None:
-                with anyio.move_on_after(self.handshake_timeout):
-                    stream = await TLSStream.wrap(stream, server_side=True, ssl_context=self.ssl, standard_compatible=False)
-                if not isinstance(stream, TLSStream):
-                    self._count_failure("tls handshake timeout")
-                    return
-            clean = await self._serve_stream(stream, pending)
-        except ssl_module.SSLError as exc:
-            self._count_failure("tls handshake failed")
-            log.info("refuse remote=%s reason=tls %s", host, exc.reason)
-        except STREAM_GONE:
-            pass  # the peer left (e.g. mid TLS handshake): nothing failed on our side
-        except Exception:
-            log.exception("connection handler failed")
-        finally:
-            pending.release()
-            self._open_streams -= 1
-            if not self._open_streams and self._drained is not None:
-                self._drained.set()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self.close_timeout):
-                if clean:
-                    await stream.aclose()
-                else:
-                    await anyio.aclose_forcefully(stream)
-
-    async def _serve_stream(self, stream: ByteStream, pending: _PendingSlot) -> bool:
-        """Serve HTTP requests until one upgrades, then run the WebSocket; True if it ended cleanly."""
-        proto = ServerProtocol(max_header_size=self.max_header_size)
-        remote = _remote(stream)
-        first = True
-        while proto.state is State.HTTP:
-            event: Any = None
-            if self._stopping:
-                return False
-            with anyio.move_on_after(self.handshake_timeout) as waiting:
-                self._idle.add(waiting)
-                try:
-                    event = await _next_request(stream, proto)
-                finally:
-                    self._idle.discard(waiting)
-            if event is None:
-                if (first or proto.has_partial_request) and not self._stopping:
-                    self._count_failure("handshake timeout")
-                return False
-            first = False
-            if isinstance(event, Closed):
-                return False
-            if isinstance(event, HTTPError):
-                self._count_failure(f"http {event.status}")
-            else:
-                accepted = await self._answer(proto, event, pending.host)
-                if accepted is not None:
-                    # No await before _run_websocket takes its slot: the 101 is sent there.
-                    pending.release()  # the handshake is over
-                    component, principal = accepted
-                    return await self._run_websocket(stream, proto, component, remote, pending.host, event, principal)
-            try:
-                await stream.send(proto.data_to_send())
-            except STREAM_GONE:
-                return False
-        # A response closed the connection.  Closing a socket with unread input makes
-        # the kernel send a reset, which can destroy the response before the peer reads
-        # it (a 431 while the peer is still sending its head): half-close, then drain
-        # until the peer closes too, for a bounded time ("lingering close").
-        with anyio.move_on_after(min(LINGER_TIMEOUT, self.close_timeout)) as lingering:
-            self._idle.add(lingering)
-            try:
-                try:
-                    await stream.send_eof()
-                except NotImplementedError:  # TLS streams cannot half-close
-                    pass
-                while await stream.receive():
-                    pass
-            except STREAM_GONE:
-                pass
-            finally:
-                self._idle.discard(lingering)
+    def _admit_connection(self, connection: Connection) -> bool:
+        """A new TCP connection: count it, or refuse it when too many handshakes are unfinished."""
+        self._connections.add(connection)
+        host = connection.host
+        if self._stopping:
+            return False
+        if self._pending.total() >= self.max_pending_handshakes or (
+            self.max_pending_per_address is not None and self._pending[host] >= self.max_pending_per_address
+        ):
+            # Refused before reading a byte, so half-sent requests cannot pile up to exhaust descriptors.
+            self.refused_pending += 1
+            self._count_failure("too many pending handshakes")
+            return False
+        self._pending[host] += 1
+        connection.pending = True
         return True
 
-    async def _run_websocket(
-        self,
-        stream: ByteStream,
-        proto: ServerProtocol,
-        component: WebSocketServerComponent,
-        remote: str,
-        host: str,
-        request: Request,
-        principal: Any,
-    ) -> bool:
-        manager = component.manager
-        proto.max_message_size = component.config.max_message_size
-        client = Client(manager, remote=remote, path=request.path)
-        client.principal = principal
-        query = parse_qs(request.query)
-        since = _int_or_none(query.get("since", [None])[0])
-        subscription = Subscription(**subscription_fields({k: v for k, v in query.items()}))
-        manager.attach(client, since=since, epoch=query.get("epoch", [None])[0], subscription=subscription)
-        by_address = self._per_address[component]
-        by_address[host] += 1
-        log.info("connect remote=%s path=%s", remote, request.path)
-        io = WebSocketIO(stream, proto, client, component)
-        try:
-            # The 101 goes out only now, once the client holds its places in the pool and
-            # the per-address count: no await between the limits check and taking them,
-            # so concurrent handshakes cannot all pass max_connections / the address limit.
-            try:
-                await stream.send(proto.data_to_send())
-            except STREAM_GONE:
-                return False
-            await io.run()
-        finally:
-            by_address[host] -= 1
-            if by_address[host] <= 0:
-                del by_address[host]
-            client.closing = True
-            manager.discard(client)
-            code = client.close_request[0] if client.close_request else io.close_code
-            log.info("close remote=%s path=%s code=%s", remote, request.path, code)
-        return io.closed_cleanly
+    def _handshake_done(self, connection: Connection) -> None:
+        if connection.pending:
+            connection.pending = False
+            host = connection.host
+            self._pending[host] -= 1
+            if self._pending[host] <= 0:
+                del self._pending[host]
+
+    def _websocket_opened(self, connection: Connection, component: WebSocketServerComponent) -> None:
+        self._per_address[component][connection.host] += 1
+
+    def _connection_lost(self, connection: Connection) -> None:
+        self._handshake_done(connection)
+        if connection.client is not None and connection.component is not None:
+            by_address = self._per_address[connection.component]
+            by_address[connection.host] -= 1
+            if by_address[connection.host] <= 0:
+                del by_address[connection.host]
+        self._connections.discard(connection)
+        if not self._connections and self._drained is not None:
+            self._drained.set()
 
     # ------------------------------------------------------------ routing
 
@@ -330,69 +252,92 @@ class Server:
             log.exception("authenticate hook failed")
             return None, Response.text(500, "authentication failed")
 
-    async def _answer(
-        self, proto: ServerProtocol, request: Request, host: str = ""
-    ) -> tuple[WebSocketServerComponent, Any] | None:
-        """Answer one request; return (component, principal) if it was accepted as a WebSocket."""
+    def _answer_now(self, request: Request, host: str) -> Decision | None:
+        """Answer a request without awaiting, or None if a hook must be awaited (see :meth:`_answer_later`).
+
+        The WebSocket handshake without an ``authenticate`` hook is decided here,
+        on the loop, in one step: no other handshake can pass the connection
+        limits between the check and the client joining the pool.
+        """
         path = request.path
-        principal: Any = None
         target = next((c for c in self.websockets if c.serves_websocket(path)), None)
-        response: Response | None = None
         if request.websocket or request.upgrade_error:
-            if target is None:
-                response = Response.text(404, f"no WebSocket endpoint at {path}")
-            elif request.upgrade_error:
-                status, reason = request.upgrade_error
-                extra = [("sec-websocket-version", "13")] if status == 426 else []
-                response = Response.text(status, reason, extra)
-            else:
-                for component in self.components:
-                    response = component.allow_websocket(request)
-                    if response is not None:
-                        break
-                if response is None:
-                    response = self._admit(target, host)
-                if response is None:
-                    principal, response = await self._authenticate(target, request, host)
-                    if response is None:
-                        # Again: others may have joined while the hook awaited.
-                        response = self._admit(target, host)
+            response = self._check_upgrade(request, target, host)
             if response is None:
                 assert target is not None
-                proto.accept()
-                return target, principal
-            target_stats = target or (self.websockets[0] if self.websockets else None)
-            if target_stats is not None:
-                target_stats.manager.handshake_failures[str(response.status)] += 1
-            log.info("refuse remote=%s path=%s status=%s", host, path, response.status)
-        elif target is not None:
+                if target.authenticate is not None:
+                    return None
+                return target, None
+            return self._refuse(request, target, response, host)
+        if target is not None:
             response = Response.text(
                 426, "this is a WebSocket endpoint; connect with a WebSocket client",
                 [("upgrade", "websocket"), ("sec-websocket-version", "13")],
             )
-        elif path == HEALTH_PATH and request.method in ("GET", "HEAD"):
+        elif request.method not in ("GET", "HEAD"):
+            return None
+        elif path == HEALTH_PATH:
             response = Response.text(200, "ok")
-        elif path == METRICS_PATH and request.method in ("GET", "HEAD"):
+        elif path == METRICS_PATH:
             body = render_metrics((c.endpoint, c.manager) for c in self.websockets).encode()
             response = Response(200, body, [("content-type", "text/plain; version=0.0.4; charset=utf-8")])
-        elif (stats := self._stats_component(path)) is not None and request.method in ("GET", "HEAD"):
+        elif (stats := self._stats_component(path)) is not None:
             response = Response.json(stats.manager.stats())
-        elif path == ASYNCAPI_PATH and request.method in ("GET", "HEAD"):
+        elif path == ASYNCAPI_PATH:
             from .asyncapi import build_document
 
             response = Response.json(build_document(self.components))
         else:
-            for component in self.components:
-                response = await component.handle_http(request)
-                if response is not None:
-                    break
+            return None
+        return self._decorated(request, response)
+
+    async def _answer_later(self, request: Request, host: str) -> Decision:
+        """The answers that await: an ``authenticate`` hook, or the components' ``handle_http``."""
+        path = request.path
+        target = next((c for c in self.websockets if c.serves_websocket(path)), None)
+        if request.websocket:
+            assert target is not None
+            principal, response = await self._authenticate(target, request, host)
             if response is None:
-                response = Response.text(404, f"not found: {path}")
+                # Checked again: others may have joined while the hook awaited.
+                response = self._check_upgrade(request, target, host)
+            if response is None:
+                return target, principal
+            return self._refuse(request, target, response, host)
+        response = None
+        for component in self.components:
+            response = await component.handle_http(request)
+            if response is not None:
+                break
+        if response is None:
+            response = Response.text(404, f"not found: {path}")
+        return self._decorated(request, response)
+
+    def _check_upgrade(self, request: Request, target: WebSocketServerComponent | None, host: str) -> Response | None:
+        """Why an upgrade is refused (a response), or None: path, RFC 6455 checks, component vetoes, limits."""
+        if target is None:
+            return Response.text(404, f"no WebSocket endpoint at {request.path}")
+        if request.upgrade_error:
+            status, reason = request.upgrade_error
+            extra = [("sec-websocket-version", "13")] if status == 426 else []
+            return Response.text(status, reason, extra)
+        for component in self.components:
+            response = component.allow_websocket(request)
+            if response is not None:
+                return response
+        return self._admit(target, host)
+
+    def _refuse(self, request: Request, target: WebSocketServerComponent | None, response: Response, host: str) -> Response:
+        stats_target = target or (self.websockets[0] if self.websockets else None)
+        if stats_target is not None:
+            stats_target.manager.handshake_failures[str(response.status)] += 1
+        log.info("refuse remote=%s path=%s status=%s", host, request.path, response.status)
+        return self._decorated(request, response)
+
+    def _decorated(self, request: Request, response: Response) -> Response:
         for component in self.components:
             component.decorate(request, response)
-        proto.respond(response.status, response.body, response.headers, close=response.close)
-        return None
-
+        return response
 
     def _stats_component(self, path: str) -> WebSocketServerComponent | None:
         for component in self.websockets:
@@ -401,63 +346,34 @@ class Server:
         return None
 
 
-class _PendingSlot:
-    """One connection's place in the count of unfinished handshakes per address."""
+def _bind(host: str | Sequence[str] | None, port: int) -> list[socket.socket]:
+    """Bound (not yet listening) sockets for every address of ``host``; None means all interfaces.
 
-    __slots__ = ("counter", "host", "held")
-
-    def __init__(self, counter: Counter[str], host: str) -> None:
-        self.counter = counter
-        self.host = host
-        self.held = True
-        counter[host] += 1
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self.counter[self.host] -= 1
-            if self.counter[self.host] <= 0:
-                del self.counter[self.host]
-
-
-def _int_or_none(value: str | None) -> int | None:
+    With ``port=0`` every address gets the port the first one was given, so
+    one number reaches the server on IPv4 and IPv6 alike.
+    """
+    hosts: list[str | None] = [host] if host is None or isinstance(host, str) else list(host)
+    infos = []
+    for name in hosts:
+        for info in socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            if info[0] in (socket.AF_INET, socket.AF_INET6) and info not in infos:
+                infos.append(info)
+    sockets: list[socket.socket] = []
     try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _remote_host(stream: ByteStream) -> str:
-    try:
-        address = stream.extra(SocketAttribute.remote_address)
-    except Exception:
-        return "?"
-    return str(address[0]) if isinstance(address, tuple) else str(address)
-
-
-async def _next_request(stream: ByteStream, proto: ServerProtocol) -> Request | HTTPError | Closed:
-    while True:
-        for event in proto.events():
-            if isinstance(event, Request | HTTPError | Closed):
-                return event
-        if proto.state is State.CLOSED:
-            return Closed(1006)
-        try:
-            data = await stream.receive()
-        except STREAM_GONE:
-            data = b""
-        proto.receive_data(data)
-
-
-def _remote(stream: ByteStream) -> str:
-    try:
-        address = stream.extra(SocketAttribute.remote_address)
-    except Exception:
-        return "?"
-    if isinstance(address, tuple):
-        host, port = address[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(address)
+        for family, kind, proto, _, address in infos:
+            if port == 0 and sockets:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 async def serve(

@@ -130,11 +130,16 @@ def test_take_joins_everything_in_order() -> None:
 def test_message_bound_drops_slow_consumer() -> None:
     manager, (fast, slow) = pool(2, queue_max_messages=3)
     closes = []
-    slow.on_close = lambda: closes.append(slow.close_request)
+
+    class CloseWaker:  # what the I/O layer sees when woken: the close it must send
+        def set(self) -> None:
+            closes.append(slow.close_request)
+
     for i in range(3):
         assert manager.broadcast(f"m{i}") == 2
         fast.take()
     # The slow client holds 3 messages; the 4th passes its bound.
+    slow.waiter = CloseWaker()
     assert manager.broadcast("m3") == 1
     assert slow.closing and slow.close_request == SLOW_CONSUMER == (1013, "slow consumer")
     assert not slow.queue and slow.queued_bytes == 0  # its frames are discarded
@@ -206,14 +211,14 @@ def test_graceful_close_keeps_queued_messages() -> None:
 
 def test_drop_is_idempotent_and_counted_once() -> None:
     manager, [client] = pool(1)
-    calls = []
-    client.on_close = lambda: calls.append(1)
+    client.waiter = waker = Waker()
     manager.drop(client, *SLOW_CONSUMER)
+    client.waiter = waker  # re-armed, as the I/O layer does: later drops must not wake it again
     manager.drop(client, *SLOW_CONSUMER)
     manager.drop(client, *HEARTBEAT_TIMEOUT)
     assert manager.dropped_slow == 1 and manager.heartbeat_timeouts == 0
     assert client.close_request == SLOW_CONSUMER
-    assert calls == [1]
+    assert waker.count == 1
 
 
 def test_discard_and_add_maintain_the_pool() -> None:

@@ -38,7 +38,7 @@ from eventclient import (
 )
 from flockws import Server, WebSocketComponentConfig, WebSocketServerComponent
 from flockws.broadcast import Client, WebSocketManager
-from wire import OP_CLOSE, OP_PING, OP_TEXT, PeerClosed, build_frame, close_payload, handshake_request
+from wire import OP_CLOSE, OP_PING, OP_TEXT, PeerClosed, WireClient, build_frame, close_payload, handshake_request
 
 pytestmark = pytest.mark.anyio
 
@@ -75,12 +75,13 @@ class Baseline:
 
     async def check(self, timeout: float = 10.0) -> dict[str, int]:
         server, manager = self.server, self.manager
-        await wait_until(lambda: server._open_streams == 0, timeout, "every connection handler finished")
+        await wait_until(lambda: server.stats()["connections"] == 0, timeout, "every connection handler finished")
         await wait_until(lambda: task_count() <= self.tasks, timeout, f"tasks back to {self.tasks}")
         await wait_until(lambda: open_fds() <= self.fds, timeout, f"descriptors back to {self.fds}")
         assert len(manager) == 0 and manager.stats()["queued_bytes"] == 0
         assert manager._narrowed == 0
-        assert not server._pending and not server._per_address[self.comp] and not server._idle
+        stats = server.stats()
+        assert not stats["pending_handshakes"] and not stats["websockets_by_address"][self.comp.endpoint]
         gc.collect()
         alive = [c for ref in self.clients if (c := ref()) is not None]
         assert not alive, f"{len(alive)} Client objects still referenced, e.g. {alive[0]!r}"
@@ -149,7 +150,7 @@ async def test_half_open_clients_are_found_by_the_heartbeat() -> None:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(discard)
                     await wait_until(lambda: manager.heartbeat_timeouts == 2, what="both vanished peers dropped")
-                    await wait_until(lambda: server._open_streams == 1, what="their connections closed")
+                    await wait_until(lambda: server.stats()["connections"] == 1, what="their connections closed")
                 assert deaf_frames[0].opcode == OP_PING and deaf_frames[-1].opcode == OP_CLOSE
                 assert deaf_frames[-1].close_code == 1011
                 # The live client went through several heartbeats and is still served.
@@ -271,14 +272,13 @@ def small_send_buffers(server: Server, size: int = 16384) -> None:
     dropped only once every few seconds; with small buffers it is dropped (and
     resumes) many times a second.
     """
-    handle = server._handle
+    admit = server._admit_connection
 
-    async def small_buffers(stream: Any) -> None:
-        sock = stream.extra(SocketAttribute.raw_socket)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-        await handle(stream)
+    def small_buffers(connection: Any) -> bool:
+        connection.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        return admit(connection)
 
-    server._handle = small_buffers  # type: ignore[method-assign]
+    server._admit_connection = small_buffers  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("history", [1_000_000, 400], ids=["history-holds", "history-runs-out"])
@@ -422,38 +422,34 @@ async def test_full_speed_publisher_with_stalled_churning_and_resuming_clients(
     no_handler_failures(caplog)
 
 
-async def test_direct_writer_stops_at_a_write_that_failed(caplog: pytest.LogCaptureFixture) -> None:
-    """The peer reset; the asyncio fast path's next write fails inside ``transport.write``.
+async def test_flush_stops_at_a_write_that_failed(caplog: pytest.LogCaptureFixture) -> None:
+    """The peer reset; the next write fails inside ``transport.write``.
 
     asyncio then closes the transport but tells the protocol only a loop turn
     later, and silently drops (and after a few, logs "socket.send() raised
-    exception" for) every write until then.  The writer, which may loop over
+    exception" for) every write until then.  A flush, which may loop over
     replay chunks without yielding, must stop at that write.
     """
     import struct
-    from types import SimpleNamespace
-
-    from flockws.connection import _DirectWriter
 
     caplog.set_level(logging.WARNING)
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    async with listener:
-        port = listener.extra(SocketAttribute.local_port)
-        peer = await anyio.connect_tcp("127.0.0.1", port)
-        stream = await listener.listeners[0].accept()  # type: ignore[attr-defined]
-        async with stream:
-            writer = _DirectWriter.create(SimpleNamespace(stream=stream, client=None))  # type: ignore[arg-type]
-            if writer is None:
-                pytest.skip("no asyncio fast path for this stream")
-            await writer.send(b"x")
-            # Not reading (as between two of the reader's receives): the write is the
-            # first to see the reset, not the transport's read callback.
-            stream._transport.pause_reading()  # type: ignore[attr-defined]
-            sock = peer.extra(SocketAttribute.raw_socket)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            await peer.aclose()  # a reset
-            await anyio.sleep(0.05)  # let it arrive
-            with pytest.raises(anyio.BrokenResourceError):
-                for _ in range(8):
-                    await writer.send(b"y" * 1000)
+    comp = component()
+    async with serving(comp) as server:
+        peer = await anyio.connect_tcp("127.0.0.1", server.port)
+        wire = WireClient(peer)
+        await wire.handshake(ENDPOINT)
+        await read_hello(wire)
+        [connection] = server._connections
+        client = connection.client
+        assert client is not None
+        # Not reading (as between two reads): the write is the first to see the reset.
+        connection.transport.pause_reading()
+        sock = peer.extra(SocketAttribute.raw_socket)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await peer.aclose()  # a reset
+        await anyio.sleep(0.05)  # let it arrive
+        client.replay.extend([b"y" * 100_000] * 8)  # more than one chunk: the flush loops
+        connection.flush()
+        assert client.replay, "the flush went on writing after the write that failed"
+        await wait_until(lambda: server.stats()["connections"] == 0, 5, "the connection ended")
     assert not [r for r in caplog.records if "socket.send() raised" in r.getMessage()]

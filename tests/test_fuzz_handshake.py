@@ -2,8 +2,8 @@
 
 Requests (well-formed ones mutated header by header, and raw byte soup) are
 fed to :class:`ServerProtocol` in arbitrary splits, and every request the core
-surfaces is answered by the real server's routing (``Server._answer``, driven
-synchronously: it does not suspend for these components).  Properties:
+surfaces is answered by the real server's routing (``Server._answer_now`` /
+``_answer_later``, driven synchronously: they do not suspend for these components).  Properties:
 
 * nothing raises; every answer is one well-formed HTTP/1.1 response (parsed
   with h11 on the client side) whose status is what an independent reading of
@@ -26,6 +26,7 @@ from hypothesis import assume, given, note
 from hypothesis import strategies as st
 
 from flockws.components import WebSocketServerComponent
+from flockws.http import Response
 from flockws.protocol import DEFAULT_MAX_HEADER_SIZE, Closed, HTTPError, Request, ServerProtocol, State, accept_token
 from flockws.server import Server
 
@@ -40,13 +41,21 @@ def make_server() -> Server:
 
 
 def answer(server: Server, proto: ServerProtocol, request: Request) -> None:
-    coro = server._answer(proto, request)
-    try:
-        coro.send(None)
-    except StopIteration:
-        return
-    coro.close()
-    raise AssertionError("Server._answer suspended; drive it with an event loop instead")
+    """Answer as a Connection does: the server's decision, applied to the core."""
+    decision = server._answer_now(request, "127.0.0.1")
+    if decision is None:  # the answers that may await; these components never suspend
+        coro = server._answer_later(request, "127.0.0.1")
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            decision = done.value
+        else:
+            coro.close()
+            raise AssertionError("Server._answer_later suspended; drive it with an event loop instead")
+    if isinstance(decision, Response):
+        proto.respond(decision.status, decision.body, decision.headers, close=decision.close)
+    else:
+        proto.accept()
 
 
 def parse_response(data: bytes, method: str) -> tuple[int, dict[str, str], bytes]:

@@ -114,7 +114,7 @@ async def test_per_address_limit_refuses_with_429_and_other_addresses_still_conn
             assert again[0] == 101
             await close_all([b[2], other[2], again[2]])
             # Per-address bookkeeping is empty again once the connections are over.
-            await wait_until(lambda: len(manager) == 0 and not server._per_address[comp])
+            await wait_until(lambda: len(manager) == 0 and not server.stats()["websockets_by_address"][comp.endpoint])
 
 
 async def test_per_address_limit_holds_when_handshakes_arrive_at_once() -> None:
@@ -209,8 +209,8 @@ async def test_slowloris_half_sent_handshakes_cannot_exhaust_the_server() -> Non
                 holders.append(wire)
                 await wire.send(b"GET /plugin/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: webs")  # and never more
             # The server holds at most per_address of them; the others are closed at once.
-            await wait_until(lambda: server._open_streams <= per_address, what="excess half-handshakes closed")
-            assert server._pending["127.0.0.1"] <= per_address
+            await wait_until(lambda: server.stats()["connections"] <= per_address, what="excess half-handshakes closed")
+            assert server.stats()["pending_by_address"].get("127.0.0.1", 0) <= per_address
             closed = 0
             for wire in holders:
                 with anyio.move_on_after(0.01):
@@ -230,7 +230,7 @@ async def test_slowloris_half_sent_handshakes_cannot_exhaust_the_server() -> Non
                 await legit.send_close(1000)
                 await legit.read_close()
             # The held ones are cut off by the handshake timeout; then 127.0.0.1 connects again.
-            await wait_until(lambda: not server._pending, timeout=6, what="held handshakes timed out")
+            await wait_until(lambda: not server.stats()["pending_handshakes"], timeout=6, what="held handshakes timed out")
             async with await raw_connect(server.port) as back:
                 await back.handshake(ENDPOINT)
                 await read_hello(back)
@@ -249,8 +249,8 @@ async def test_total_pending_handshakes_are_bounded_across_addresses() -> None:
                 wire = await raw_connect(server.port, local_host=f"127.0.0.{2 + i % 8}")
                 holders.append(wire)
                 await wire.send(b"GET / HTTP/1.1\r\n")
-            await wait_until(lambda: server._open_streams <= total)
-            assert server._pending.total() <= total
+            await wait_until(lambda: server.stats()["connections"] <= total)
+            assert server.stats()["pending_handshakes"] <= total
             assert server.refused_pending >= 40 - total
     for wire in holders:
         await wire.aclose()

@@ -204,7 +204,7 @@ async def test_structured_logs_for_connect_refuse_drop_and_close(caplog: pytest.
                 while manager.dropped_slow == 0:
                     manager.broadcast({"type": "blob", "data": "x" * size})
                     await anyio.lowlevel.checkpoint()
-                await wait_until(lambda: server._open_streams == 0, what="both connections over")
+                await wait_until(lambda: server.stats()["connections"] == 0, what="both connections over")
     lines = [r.getMessage() for r in caplog.records if r.name == "flockws"]
     by_kind = defaultdict(list)
     for line in lines:

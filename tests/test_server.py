@@ -311,7 +311,7 @@ async def test_stalled_client_is_aborted_after_close_timeout() -> None:
                     sent += 1
                     await anyio.lowlevel.checkpoint()
                 assert client.close_request == (1013, "slow consumer")
-                await wait_until(lambda: server._open_streams == 0, timeout=5)
+                await wait_until(lambda: server.stats()["connections"] == 0, timeout=5)
                 # What reached the client's kernel buffers is intact and in order; then the
                 # stream ends (the writer was stuck, so no close frame could be sent).
                 rest = await raw.read_eof()

@@ -135,7 +135,7 @@ async def test_plaintext_and_vanishing_clients_on_the_tls_port(
             # Connect and say nothing: cut off after the handshake timeout.
             async with WireClient(await anyio.connect_tcp(HOST, server.port)) as silent:
                 assert await silent.read_eof() == b""
-            await wait_until(lambda: server._open_streams == 0)
+            await wait_until(lambda: server.stats()["connections"] == 0)
             assert manager.handshake_failures["tls handshake failed"] >= 1
             assert manager.handshake_failures["tls handshake timeout"] == 1
             # The server still serves TLS clients.
