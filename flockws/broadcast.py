@@ -237,6 +237,7 @@ class WebSocketManager:
         self.epoch = secrets.token_hex(8)
         self.seq = 0
         self.history = History(history_max_events, history_max_bytes)
+        self._hello_cache: tuple[tuple[str, int] | None, bytes] = (None, b"")
         self.fanout_seconds = Histogram(FANOUT_SECONDS_BOUNDS)
         # Counters (read with stats()).
         self.accepted = 0
@@ -288,7 +289,7 @@ class WebSocketManager:
         self.set_subscription(client, subscription)
         owed = client.replay
         if self.send_hello:
-            owed.append(self._control({"type": "hello", "epoch": self.epoch, "seq": self.seq}))
+            owed.append(self._hello())
         if since is not None:
             if epoch is not None and epoch != self.epoch:
                 # Always said, even at seq 0 (from 1 to 0): what followed ``since``
@@ -300,6 +301,14 @@ class WebSocketManager:
                     owed.append(self._gap(*missed, "history exhausted"))
                 owed.extend(e.frame for e in entries if self._wants(client, e.event))
         self.add(client)
+
+    def _hello(self) -> bytes:
+        # The same bytes for every client that joins between two broadcasts (a
+        # reconnect storm encodes it once, not once per client).
+        key = (self.epoch, self.seq)
+        if self._hello_cache[0] != key:
+            self._hello_cache = (key, self._control({"type": "hello", "epoch": self.epoch, "seq": self.seq}))
+        return self._hello_cache[1]
 
     def _control(self, event: dict[str, Any]) -> bytes:
         return encode_message(json.dumps(event, separators=(",", ":")), self.fragment_size)

@@ -300,8 +300,14 @@ class Connection(asyncio.Protocol):
         self.component = component
         self.bucket = component.inbound_bucket()
         log.info("connect remote=%s path=%s", self.remote, request.path)
-        self.transport.write(proto.data_to_send())  # the 101, before anything owed
-        self.flush()  # hello and replay now; also re-arms the waker
+        out = proto.data_to_send()  # the 101, and in the same write what is owed first (the hello)
+        if client.replay:
+            data, count = client.take_replay(REPLAY_CHUNK)
+            out += data
+            manager.frames_delivered += count
+            manager.bytes_delivered += len(data)
+        self.transport.write(out)
+        self.flush()  # the rest of a replay; also arms the waker
         self._ws_events()  # frames that came with the handshake
 
     def _ws_events(self) -> None:
