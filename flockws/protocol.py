@@ -25,12 +25,15 @@ import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import h11
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState as WSState
 from wsproto.connection import ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping as WSPing, Pong as WSPong, TextMessage
+
+from .head import parse_head
 
 # Close codes used by the server (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
@@ -207,7 +210,12 @@ class ServerProtocol:
         self.max_message_size = max_message_size
         self.max_header_size = max_header_size
         self.state = State.HTTP
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
+        # h11 is made only when the fast path (flockws.head) declines a request:
+        # until then the first request's bytes wait in _buf.
+        self._h11: h11.Connection | None = None
+        self._buf = bytearray()
+        self._buf_eof = False
+        self._head_end = 0  # a request parsed by the fast path ends here in _buf
         self._ws: WSConnection | None = None
         self._out: list[bytes] = []
         self._pending: Request | None = None  # a request awaiting accept()/respond()
@@ -222,6 +230,11 @@ class ServerProtocol:
         if self.state is State.CLOSED:
             return
         if self._ws is None:
+            if self._h11 is None:
+                if not self._buf_eof:
+                    self._buf += data
+                    self._buf_eof = not data
+                return
             if data and self._h11.trailing_data[1]:
                 return  # bytes after the end of the stream: h11 would raise; there are none
             self._h11.receive_data(data)
@@ -245,7 +258,9 @@ class ServerProtocol:
     @property
     def has_partial_request(self) -> bool:
         """True while part of an HTTP request has arrived (for idle vs. slow-handshake timeouts)."""
-        return self._ws is None and self.state is State.HTTP and bool(self._h11.trailing_data[0])
+        if self._ws is not None or self.state is not State.HTTP:
+            return False
+        return bool(self._buf) if self._h11 is None else bool(self._h11.trailing_data[0])
 
     def data_to_send(self) -> bytes:
         out = b"".join(self._out)
@@ -257,6 +272,12 @@ class ServerProtocol:
     def _http_events(self) -> list[Event]:
         if self._pending is not None:
             return []  # one request at a time; pipelined ones wait in h11's buffer
+        if self._h11 is None:
+            request = self._fast_request()
+            if request is not None:
+                return [request]
+            if self._h11 is None:
+                return []  # no complete head yet
         while True:
             try:
                 event = self._h11.next_event()
@@ -277,15 +298,51 @@ class ServerProtocol:
                     reason = "request header section too large"
                     self._fail_http(431, reason)
                     return [HTTPError(431, reason)]
-                self._pending = self._make_request(event)
+                self._pending = self._make_request(event.method, event.target, event.headers, event.http_version)
             elif isinstance(event, h11.EndOfMessage) and self._pending is not None:
                 # The body (if any) was discarded as it arrived; the request is whole.
                 return [self._pending]
             # h11.Data: request bodies are not used by any endpoint; drop them.
 
+    def _fast_request(self) -> Request | None:
+        """The first request, if it is a WebSocket upgrade :func:`parse_head` takes; else start h11.
+
+        Returns None and leaves h11 unmade while the head is incomplete.  Only
+        upgrade attempts take the fast path: they are answered with a 101 or a
+        closing refusal, so no HTTP keep-alive state is needed afterwards.
+        """
+        buf = self._buf
+        complete = b"\n\r\n" in buf or b"\n\n" in buf  # h11 also ends a head at a bare LF
+        if not complete and len(buf) <= self.max_header_size and not self._buf_eof:
+            return None
+        head = parse_head(buf, self.max_header_size) if complete else None
+        if head is not None:
+            request = self._make_request(head.method, head.target, head.headers, b"1.1")
+            if request.websocket or request.upgrade_error is not None:
+                self._head_end = head.end
+                self._pending = request
+                return request
+        self._start_h11(len(buf))
+        return None
+
+    def _start_h11(self, upto: int) -> None:
+        """Hand the buffered bytes (up to ``upto``; the rest follow) to a new h11 connection."""
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_size)
+        self._h11.receive_data(bytes(self._buf[:upto]))
+        rest = bytes(self._buf[upto:])
+        self._buf = bytearray()
+        if rest:
+            self._h11.receive_data(rest)
+        if self._buf_eof:
+            self._h11.receive_data(b"")
+
     @staticmethod
-    def _make_request(event: h11.Request) -> Request:
-        headers = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers)
+    def _make_request(method_raw: bytes | str, target_raw: bytes | str, raw_headers: Any, http_version: bytes) -> Request:
+        if isinstance(method_raw, bytes):  # from h11
+            headers = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw_headers)
+            method, target = method_raw.decode("latin-1"), target_raw.decode("latin-1")  # type: ignore[union-attr]
+        else:  # from the fast path: already str, names lower-cased
+            headers, method, target = raw_headers, method_raw, target_raw
         first: dict[str, str] = {}
         for key, value in headers:
             if key in first and key in ("connection", "upgrade", "sec-websocket-extensions"):
@@ -294,16 +351,15 @@ class ServerProtocol:
                 first[key] = "\0duplicate"  # a repeated single-valued header is malformed
             else:
                 first.setdefault(key, value)
-        method = event.method.decode("latin-1")
         websocket, error = check_upgrade(method, first)
-        if websocket and error is None and event.http_version != b"1.1":
+        if websocket and error is None and http_version != b"1.1":
             error = (400, "WebSocket upgrade requires HTTP/1.1")  # RFC 6455 4.2.1
         offered = tuple(
             ext.split(";", 1)[0].strip() for ext in first.get("sec-websocket-extensions", "").split(",") if ext.strip()
         )
         return Request(
             method=method,
-            target=event.target.decode("latin-1"),
+            target=target,
             headers=headers,
             websocket=websocket and error is None,
             upgrade_error=error,
@@ -336,6 +392,13 @@ class ServerProtocol:
         client will not reuse it and keeping it costs a slot).
         """
         request = self._take_pending()
+        if self._h11 is None:
+            # The fast path parsed this request: let h11 read the same head so that
+            # it writes the response (the request closes the connection; see _fast_request).
+            self._start_h11(self._head_end)
+            assert self._h11 is not None
+            while not isinstance(event := self._h11.next_event(), h11.EndOfMessage):
+                assert event is not h11.NEED_DATA and event is not h11.PAUSED, "fast path and h11 disagree"
         close = close or request.websocket or request.upgrade_error is not None
         hdrs = [(k, v) for k, v in (headers or [])]
         names = {k.lower() for k, _ in hdrs}
@@ -374,7 +437,11 @@ class ServerProtocol:
             lines.append(f"{name}: {value}".encode("latin-1"))
         lines.append(b"\r\n")
         self._out.append(b"\r\n".join(lines))
-        trailing, closed = self._h11.trailing_data
+        if self._h11 is None:
+            trailing, closed = self._buf[self._head_end :], self._buf_eof
+        else:
+            trailing, closed = self._h11.trailing_data
+        self._buf = bytearray()
         self._ws = WSConnection(ConnectionType.SERVER, trailing_data=bytes(trailing))
         self._eof = closed  # the client may have ended the stream right after its request
         self._h11 = None  # type: ignore[assignment]  # its buffers are no longer needed
