@@ -216,6 +216,9 @@ class ServerProtocol:
         self._buf = bytearray()
         self._buf_eof = False
         self._head_end = 0  # a request parsed by the fast path ends here in _buf
+        self._upgraded = False
+        # wsproto's connection is made when the peer first sends after the 101 (or we
+        # close): most broadcast clients never send, and it costs ~1 KiB per client.
         self._ws: WSConnection | None = None
         self._out: list[bytes] = []
         self._pending: Request | None = None  # a request awaiting accept()/respond()
@@ -229,7 +232,7 @@ class ServerProtocol:
         """Feed bytes from the peer; ``b""`` means the peer closed its side."""
         if self.state is State.CLOSED:
             return
-        if self._ws is None:
+        if not self._upgraded:
             if self._h11 is None:
                 if not self._buf_eof:
                     self._buf += data
@@ -244,21 +247,25 @@ class ServerProtocol:
             self._eof = True
         elif self._eof:
             return
-        elif self._ws.state in (WSState.OPEN, WSState.LOCAL_CLOSING):
-            self._ws.receive_data(data)
+        else:
+            ws = self._ws_connection()
+            if ws.state in (WSState.OPEN, WSState.LOCAL_CLOSING):
+                ws.receive_data(data)
 
     def events(self) -> list[Event]:
         """Events produced by the data fed so far."""
         if self.state is State.CLOSED:
             return []
-        if self._ws is None:
+        if not self._upgraded:
             return self._http_events()
+        if self._ws is None and not self._eof:
+            return []  # nothing received since the 101
         return self._ws_events()
 
     @property
     def has_partial_request(self) -> bool:
         """True while part of an HTTP request has arrived (for idle vs. slow-handshake timeouts)."""
-        if self._ws is not None or self.state is not State.HTTP:
+        if self._upgraded or self.state is not State.HTTP:
             return False
         return bool(self._buf) if self._h11 is None else bool(self._h11.trailing_data[0])
 
@@ -442,7 +449,9 @@ class ServerProtocol:
         else:
             trailing, closed = self._h11.trailing_data
         self._buf = bytearray()
-        self._ws = WSConnection(ConnectionType.SERVER, trailing_data=bytes(trailing))
+        self._upgraded = True
+        if trailing:  # frames sent right behind the request
+            self._ws = WSConnection(ConnectionType.SERVER, trailing_data=bytes(trailing))
         self._eof = closed  # the client may have ended the stream right after its request
         self._h11 = None  # type: ignore[assignment]  # its buffers are no longer needed
         self.state = State.OPEN
@@ -457,14 +466,18 @@ class ServerProtocol:
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Start the closing handshake (server-initiated close)."""
-        if self._ws is None or self.state is not State.OPEN:
+        if not self._upgraded or self.state is not State.OPEN:
             return
-        self._out.append(self._ws.send(CloseConnection(code=code, reason=reason)))
+        self._out.append(self._ws_connection().send(CloseConnection(code=code, reason=reason)))
         self.state = State.CLOSING
 
+    def _ws_connection(self) -> WSConnection:
+        if self._ws is None:
+            self._ws = WSConnection(ConnectionType.SERVER)
+        return self._ws
+
     def _ws_events(self) -> list[Event]:
-        ws = self._ws
-        assert ws is not None
+        ws = self._ws_connection()
         result: list[Event] = []
         for event in itertools.chain(ws.events(), self._eof_events(ws)):
             if isinstance(event, TextMessage | BytesMessage):
