@@ -109,6 +109,7 @@ class LoadGen:
         pending: dict[int, Conn] = {}
         started = failed = opened = 0
         t0 = time.monotonic()
+        cpu0 = cpu_seconds()
         deadline = t0 + args.connect_timeout
         while opened + failed < n and time.monotonic() < deadline:
             while started < n and len(pending) < window:
@@ -176,7 +177,10 @@ class LoadGen:
             c.sock.close()
             failed += 1
         failed += n - started
-        out({"connected": opened, "failed": failed, "connect_s": time.monotonic() - t0, "stalled": len(self.stalled)})
+        out({
+            "connected": opened, "failed": failed, "connect_s": time.monotonic() - t0,
+            "connect_cpu_s": cpu_seconds() - cpu0, "stalled": len(self.stalled),
+        })
 
     # ------------------------------------------------------------ the loop
 

@@ -291,7 +291,8 @@ class Connection(asyncio.Protocol):
         query = parse_qs(request.query) if request.query else {}
         since = _int_or_none(query.get("since", [None])[0])
         epoch = query.get("epoch", [None])[0]
-        subscription = Subscription(**subscription_fields(query))
+        fields = subscription_fields(query)
+        subscription = Subscription(**fields) if fields else None  # most clients narrow nothing
         # Synchronous from the limit checks to here: concurrent handshakes cannot
         # all pass max_connections / the per-address limit.
         manager.attach(client, since=since, epoch=epoch, subscription=subscription)
@@ -307,7 +308,10 @@ class Connection(asyncio.Protocol):
             manager.frames_delivered += count
             manager.bytes_delivered += len(data)
         self.transport.write(out)
-        self.flush()  # the rest of a replay; also arms the waker
+        if client.replay or client.queue:
+            self.flush()  # the rest of a replay
+        else:
+            client.waiter = self
         self._ws_events()  # frames that came with the handshake
 
     def _ws_events(self) -> None:

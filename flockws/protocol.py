@@ -201,6 +201,11 @@ class ServerProtocol:
     request head (h11 answers 431 beyond it).
     """
 
+    __slots__ = (
+        "max_message_size", "max_header_size", "state", "_h11", "_buf", "_buf_eof", "_head_end",
+        "_upgraded", "_ws", "_out", "_pending", "_parts", "_size", "_eof",
+    )
+
     def __init__(
         self,
         *,
@@ -222,7 +227,7 @@ class ServerProtocol:
         self._ws: WSConnection | None = None
         self._out: list[bytes] = []
         self._pending: Request | None = None  # a request awaiting accept()/respond()
-        self._parts: list[str | bytes] = []
+        self._parts: list[str | bytes] | None = None  # fragments of a message still arriving
         self._size = 0
         self._eof = False  # the peer ended the stream; reported after the bytes before it
 
@@ -487,10 +492,16 @@ class ServerProtocol:
                 if self._size > self.max_message_size:
                     result.append(self._fail(CLOSE_TOO_BIG, "message too big"))
                     break
-                self._parts.append(event.data)
-                if event.message_finished:
-                    data = "".join(self._parts) if isinstance(event, TextMessage) else b"".join(self._parts)  # type: ignore[arg-type]
-                    self._parts.clear()
+                if not event.message_finished:
+                    if self._parts is None:
+                        self._parts = []
+                    self._parts.append(event.data)
+                else:
+                    data = event.data if isinstance(event, TextMessage) else bytes(event.data)
+                    if self._parts is not None:
+                        self._parts.append(data)
+                        data = "".join(self._parts) if isinstance(event, TextMessage) else b"".join(self._parts)  # type: ignore[arg-type]
+                        self._parts = None
                     self._size = 0
                     result.append(Message(data))
             elif isinstance(event, WSPing):
@@ -530,7 +541,7 @@ class ServerProtocol:
         if self.state is State.OPEN:
             self._out.append(self._ws.send(CloseConnection(code=code, reason=reason)))
         self.state = State.CLOSED
-        self._parts.clear()
+        self._parts = None
         return Closed(code, reason)
 
 
