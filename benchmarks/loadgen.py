@@ -41,7 +41,7 @@ import numpy as np
 from .common import SEQ_OFFSET, SEQ_WIDTH, TS_OFFSET, TS_WIDTH, cpu_seconds, frame_header, pin, raise_nofile
 
 RECV = 65536
-VECTOR_MIN = 4  # frames in one read from which numpy parses them faster than the loop
+VECTOR_MIN = 32  # frames in one read from which numpy beats the loop (measured break-even ~30)
 
 
 _POWERS = {width: 10.0 ** np.arange(width - 1, -1, -1) for width in (SEQ_WIDTH, TS_WIDTH)}

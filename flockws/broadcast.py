@@ -1,8 +1,8 @@
 """The broadcaster: encode once, queue the same bytes for every client.
 
 Nothing here touches a socket.  Each :class:`Client` is a bounded queue of
-finished wire bytes plus a wake-up slot for the writer task that the I/O layer
-(:mod:`flockws.connection`) runs for it.  :meth:`WebSocketManager.broadcast`
+finished wire bytes plus a wake-up slot (``waiter``) through which the I/O
+layer (:mod:`flockws.connection`) learns that something was queued.  :meth:`WebSocketManager.broadcast`
 is a plain function: per client it does one bounds check and one append, so a
 publisher is never blocked by, and never awaits, any client.
 
@@ -97,8 +97,9 @@ class Client:
     """One connected peer, as the broadcaster sees it.
 
     ``queue`` holds complete messages as wire bytes (a fragmented message is
-    one entry).  ``waiter`` is set by the writer while it sleeps on an empty
-    queue; whoever appends takes it and sets it.  ``close_request`` is the
+    one entry).  ``waiter`` is armed by the I/O layer whenever it has written
+    what was queued; whoever appends (or asks to close) takes it and calls its
+    ``set()``.  ``close_request`` is the
     ``(code, reason)`` the writer must send next; after it nothing more is
     queued.
     """

@@ -245,6 +245,7 @@ class Connection(asyncio.Protocol):
                 self._linger()
             else:  # Closed: the peer ended the stream between requests
                 self.transport.close()
+                return
 
     async def _answer_later(self, request: Request) -> None:
         try:
@@ -255,7 +256,12 @@ class Connection(asyncio.Protocol):
         if self.lost:
             return
         self.busy = False
-        self._apply(request, decision)
+        try:
+            self._apply(request, decision)
+        except Exception:  # never into the server's task group: this connection ends, the rest go on
+            log.exception("connection handler failed for %s", self.remote)
+            self.abort()
+            return
         if not self.lingering:
             self._resume_reading()
             if self.client is None:
@@ -317,7 +323,15 @@ class Connection(asyncio.Protocol):
     def _ws_events(self) -> None:
         proto, client, component = self.proto, self.client, self.component
         assert proto is not None and client is not None and component is not None
-        events = proto.events()
+        room = None
+        if component.on_message is not None:
+            # The handler is behind: parse no more than the inbox holds; the rest stays
+            # buffered in the core, and reading pauses until the handler catches up.
+            room = INBOX_LIMIT - (len(self.inbox) if self.inbox is not None else 0)
+            if room <= 0:
+                self._pause_reading()
+                return
+        events = proto.events(room)
         closed: Closed | None = None
         for event in events:
             if isinstance(event, Message):
@@ -339,6 +353,11 @@ class Connection(asyncio.Protocol):
         if closed is None:
             if out:  # pongs: before the handler's answers to this read's messages
                 client.push(out, control=True)
+            if room is not None:
+                if self.inbox is not None and len(self.inbox) >= INBOX_LIMIT:
+                    self._pause_reading()
+                elif self.read_paused:
+                    self._resume_reading()
             return
         self.closed_cleanly = closed.by_peer
         self.close_code = closed.code
@@ -379,8 +398,6 @@ class Connection(asyncio.Protocol):
             self.server._spawn(self._drain_inbox)
         else:
             self.inbox.append(data)
-            if len(self.inbox) >= INBOX_LIMIT:
-                self._pause_reading()  # the handler is behind: stop reading until it catches up
 
     async def _drain_inbox(self) -> None:
         client, component = self.client, self.component
@@ -393,16 +410,20 @@ class Connection(asyncio.Protocol):
                     await on_message(client, data)
                 except Exception:
                     log.exception("on_message handler failed for %s", self.remote)
-                if self.read_paused and self.inbox is not None and len(self.inbox) < INBOX_LIMIT // 2:
-                    self._resume_reading()
+                if self.read_paused and self.inbox is not None and len(self.inbox) <= INBOX_LIMIT // 2:
+                    self._process()  # what the pause left buffered; resumes reading if there is room
         finally:
             self.inbox = None
             if not self.lost:
-                if self.deferred is not None:
-                    out, self.deferred = self.deferred, None
-                    self._finish(out)
-                elif self.read_paused:
-                    self._resume_reading()
+                try:
+                    if self.deferred is not None:
+                        out, self.deferred = self.deferred, None
+                        self._finish(out)
+                    elif self.read_paused:
+                        self._process()
+                except Exception:  # never into the server's task group
+                    log.exception("connection handler failed for %s", self.remote)
+                    self.abort()
 
     # ------------------------------------------------------------ writing
 

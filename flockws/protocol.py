@@ -257,15 +257,20 @@ class ServerProtocol:
             if ws.state in (WSState.OPEN, WSState.LOCAL_CLOSING):
                 ws.receive_data(data)
 
-    def events(self) -> list[Event]:
-        """Events produced by the data fed so far."""
+    def events(self, max_messages: int | None = None) -> list[Event]:
+        """Events produced by the data fed so far.
+
+        With ``max_messages``, parsing stops after that many messages; the rest
+        stays buffered for the next call (so a caller whose handler is behind
+        holds at most that many, whatever one read brought).
+        """
         if self.state is State.CLOSED:
             return []
         if not self._upgraded:
             return self._http_events()
         if self._ws is None and not self._eof:
             return []  # nothing received since the 101
-        return self._ws_events()
+        return self._ws_events(max_messages)
 
     @property
     def has_partial_request(self) -> bool:
@@ -481,9 +486,10 @@ class ServerProtocol:
             self._ws = WSConnection(ConnectionType.SERVER)
         return self._ws
 
-    def _ws_events(self) -> list[Event]:
+    def _ws_events(self, max_messages: int | None = None) -> list[Event]:
         ws = self._ws_connection()
         result: list[Event] = []
+        messages = 0
         for event in itertools.chain(ws.events(), self._eof_events(ws)):
             if isinstance(event, TextMessage | BytesMessage):
                 if self.state is not State.OPEN:
@@ -504,6 +510,9 @@ class ServerProtocol:
                         self._parts = None
                     self._size = 0
                     result.append(Message(data))
+                    messages += 1
+                    if messages == max_messages:
+                        break  # the rest stays in wsproto's buffer until the next call
             elif isinstance(event, WSPing):
                 if self.state is State.OPEN:
                     self._out.append(ws.send(event.response()))

@@ -301,7 +301,6 @@ async def test_full_speed_publisher_with_stalled_churning_and_resuming_clients(
     )
     manager = comp.manager
     duration = 2.5
-    rng = random.Random(6)
     attaches: list[tuple[str, int | None, int | None, int]] = []
     real_attach = manager.attach
 

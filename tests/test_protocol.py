@@ -92,6 +92,38 @@ def feed(proto: ServerProtocol, *chunks: bytes) -> list:
 # ---------------------------------------------------------------- handshake
 
 
+def test_upgrade_takes_the_fast_path_and_h11_answers_a_refusal() -> None:
+    """A plain upgrade is parsed without h11; refusing it still gives h11's well-formed response."""
+    proto = ServerProtocol()
+    proto.receive_data(handshake_request("/nowhere"))
+    [request] = proto.events()
+    assert proto._h11 is None, "a simple upgrade request should not need h11"
+    proto.respond(404, b"no\n")
+    response = response_of(proto.data_to_send())
+    assert response.status == 404 and response.body == b"no\n"
+    assert response.header("connection") == "close" and proto.state is State.CLOSED
+
+
+def test_request_the_fast_path_declines_is_parsed_by_h11() -> None:
+    """Bare-LF line endings are outside the fast path's grammar: h11 reads them, same result."""
+    proto = ServerProtocol()
+    proto.receive_data(handshake_request("/plugin/ws").replace(b"\r\n", b"\n"))
+    [request] = proto.events()
+    assert proto._h11 is not None
+    assert isinstance(request, Request) and request.websocket and request.path == "/plugin/ws"
+
+
+def test_wsproto_connection_is_made_only_once_the_peer_sends() -> None:
+    """An idle client costs no wsproto state; its first frame is handled as usual."""
+    proto = open_protocol()
+    assert proto._ws is None
+    assert proto.events() == []
+    events = feed(proto, build_frame(OP_PING, b"hi"))
+    assert events == [Ping(b"hi")]
+    [pong] = frames_of(proto.data_to_send())
+    assert pong.opcode == OP_PONG and pong.payload == b"hi"
+
+
 def test_handshake_accept_token_and_headers() -> None:
     key = make_key()
     proto = ServerProtocol()

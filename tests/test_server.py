@@ -722,6 +722,54 @@ async def test_on_message_receives_messages_and_survives_a_failing_handler() -> 
                 assert await receive.receive() == (ENDPOINT, "second")
 
 
+async def test_slow_on_message_handler_pauses_reading_and_handles_everything_in_order() -> None:
+    """Messages wait for on_message in a bounded inbox; when it is full the server stops reading."""
+    from flockws.connection import INBOX_LIMIT
+
+    handled: list[str | bytes] = []
+    release = anyio.Event()
+
+    async def on_message(client: Client, data: str | bytes) -> None:
+        await release.wait()
+        handled.append(data)
+
+    ws_component = WebSocketServerComponent(WebSocketComponentConfig(send_hello=False), on_message=on_message)
+    total = INBOX_LIMIT * 4
+    with anyio.fail_after(15):
+        async with serving(ws_component) as server, await wire(server) as raw:
+            await raw.handshake(ENDPOINT)
+            await raw.send(b"".join(build_frame(OP_TEXT, f"m{i}".encode()) for i in range(total)))
+            [connection] = server._connections
+            await wait_until(lambda: connection.read_paused)
+            assert connection.inbox is not None and len(connection.inbox) <= INBOX_LIMIT
+            assert not handled
+            release.set()
+            await wait_until(lambda: len(handled) == total)
+            assert handled == [f"m{i}" for i in range(total)]
+            assert not connection.read_paused
+
+
+async def test_close_reply_follows_the_handlers_answers() -> None:
+    """Peer sends messages and its close in one packet: the echoes go out before the close reply."""
+
+    async def on_message(client: Client, data: str | bytes) -> None:
+        await anyio.sleep(0)  # a handler that yields, as any real one does
+        client.send(data)
+
+    ws_component = WebSocketServerComponent(WebSocketComponentConfig(send_hello=False), on_message=on_message)
+    with anyio.fail_after(10):
+        async with serving(ws_component) as server, await wire(server) as raw:
+            await raw.handshake(ENDPOINT)
+            await raw.send(
+                build_frame(OP_TEXT, b"one") + build_frame(OP_TEXT, b"two")
+                + build_frame(OP_CLOSE, (1000).to_bytes(2, "big") + b"bye")
+            )
+            assert await raw.read_text() == "one"
+            assert await raw.read_text() == "two"
+            close = await raw.read_close()
+            assert close.close_code == 1000
+
+
 async def test_messages_without_handler_are_discarded() -> None:
     ws_component = component()
     manager = ws_component.manager
