@@ -497,8 +497,9 @@ class Connection(asyncio.Protocol):
         self._deadline(min(LINGER_TIMEOUT, self.server.close_timeout) if timeout is None else timeout, self.abort)
 
     def close_idle(self) -> None:
-        """Shutdown: end a connection that is between HTTP requests (or lingering)."""
-        if self.client is None and not self.busy:
+        """Shutdown: end a connection that has no WebSocket yet (between requests, lingering, or
+        waiting for a hook, whose task the shutdown cancels): there is nothing to wait for."""
+        if self.client is None and self.transport is not None:
             self.transport.close()
 
     def _handshake_timed_out(self) -> None:

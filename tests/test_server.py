@@ -575,6 +575,30 @@ async def test_graceful_shutdown_sends_1001_and_leaves_nothing_behind() -> None:
     assert open_fds() == fds_before
 
 
+async def test_shutdown_does_not_wait_for_a_handshake_stuck_in_a_hook() -> None:
+    """A connection whose authenticate hook never returns has nothing to flush: shutdown ends it at once."""
+    entered = anyio.Event()
+
+    async def authenticate(request: Request, address: str) -> None:
+        entered.set()
+        await anyio.sleep_forever()
+
+    ws_component = WebSocketServerComponent(WebSocketComponentConfig(close_timeout=5), authenticate=authenticate)
+    with anyio.fail_after(10):
+        server = Server([ws_component], host=HOST, port=0)
+        await server.__aenter__()
+        raw = await wire(server)
+        try:
+            await raw.send(handshake_request(ENDPOINT))
+            await entered.wait()
+            started = anyio.current_time()
+            await server.__aexit__(None, None, None)
+            assert anyio.current_time() - started < 2.5, "shutdown sat out close_timeout for a stuck handshake"
+            assert await raw.read_eof() == b""
+        finally:
+            await raw.aclose()
+
+
 async def test_shutdown_aborts_clients_that_do_not_answer_within_close_timeout() -> None:
     tasks_before = len(asyncio.all_tasks())
     fds_before = open_fds()
