@@ -124,6 +124,7 @@ class Connection(asyncio.Protocol):
         "tls_pending",
         "closed_cleanly",
         "close_code",
+        "last_buffered",
     )
 
     def __init__(self, server: Server) -> None:
@@ -150,6 +151,7 @@ class Connection(asyncio.Protocol):
         self.tls_pending = False  # TLS handshake under way: input is buffered, not acted on
         self.closed_cleanly = False  # the close handshake completed
         self.close_code = CLOSE_ABNORMAL  # what the connection ended with, for the log
+        self.last_buffered: int | None = None  # write buffer at the last deadline (progress check)
 
     # ------------------------------------------------------------ transport callbacks
 
@@ -189,6 +191,8 @@ class Connection(asyncio.Protocol):
         return not self.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost:
+            return  # asyncio reports a failed TLS handshake after _tls_failed already did
         self.lost = True
         self._cancel_deadline()
         self.inbox = None
@@ -203,11 +207,18 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        if self.client is None:
+            # HTTP phase: a peer pipelining requests without reading the answers gets no
+            # more answers (and we read no more requests) until it reads what is buffered.
+            self._pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
         if self.client is not None:
             self.set()
+        elif not self.busy and not self.lingering:
+            self._resume_reading()
+            self._process()  # requests that waited in the core's buffer
 
     # ------------------------------------------------------------ events from the core
 
@@ -224,7 +235,7 @@ class Connection(asyncio.Protocol):
     def _http_events(self) -> None:
         proto = self.proto
         assert proto is not None
-        while not self.busy and self.client is None and not self.lingering and not self.lost:
+        while not self.busy and not self.paused and self.client is None and not self.lingering and not self.lost:
             events = proto.events()
             if not events:
                 if proto.state is State.CLOSED:
@@ -262,7 +273,7 @@ class Connection(asyncio.Protocol):
             log.exception("connection handler failed for %s", self.remote)
             self.abort()
             return
-        if not self.lingering:
+        if not self.lingering and not self.paused:
             self._resume_reading()
             if self.client is None:
                 self._process()  # a pipelined request may wait in the core's buffer
@@ -278,6 +289,7 @@ class Connection(asyncio.Protocol):
             if proto.state is State.CLOSED:
                 self._linger()
             else:  # keep-alive: the next request gets a fresh handshake_timeout
+                self.last_buffered = None
                 self._deadline(self.server.handshake_timeout, self._handshake_timed_out)
             return
         component, principal = decision
@@ -323,37 +335,43 @@ class Connection(asyncio.Protocol):
     def _ws_events(self) -> None:
         proto, client, component = self.proto, self.client, self.component
         assert proto is not None and client is not None and component is not None
-        room = None
-        if component.on_message is not None:
-            # The handler is behind: parse no more than the inbox holds; the rest stays
-            # buffered in the core, and reading pauses until the handler catches up.
-            room = INBOX_LIMIT - (len(self.inbox) if self.inbox is not None else 0)
-            if room <= 0:
-                self._pause_reading()
-                return
-        events = proto.events(room)
         closed: Closed | None = None
-        for event in events:
-            if isinstance(event, Message):
-                if client.closing:
-                    continue  # a close is under way: what the peer sends now is not acted on
-                if self.bucket is not None and not self.bucket.allow(monotonic()):
-                    log.info("closing %s: inbound rate limit exceeded", self.remote)
-                    client.close(CLOSE_POLICY, "rate limit exceeded", discard_queued=True)
-                    continue
-                if component.handle_control(client, event.data):
-                    continue
-                if component.on_message is not None:
-                    self._deliver(event.data)
-            elif isinstance(event, Pong):
-                client.awaiting_pong = False
-            elif isinstance(event, Closed):
-                closed = event
+        while True:
+            room = None
+            if component.on_message is not None:
+                # The handler is behind: parse no more than the inbox holds; the rest stays
+                # buffered in the core, and reading pauses until the handler catches up.
+                room = INBOX_LIMIT - (len(self.inbox) if self.inbox is not None else 0)
+                if room <= 0:
+                    break
+            events = proto.events(room)
+            parsed = 0
+            for event in events:
+                if isinstance(event, Message):
+                    parsed += 1
+                    if client.closing:
+                        continue  # a close is under way: what the peer sends now is not acted on
+                    if self.bucket is not None and not self.bucket.allow(monotonic()):
+                        log.info("closing %s: inbound rate limit exceeded", self.remote)
+                        client.close(CLOSE_POLICY, "rate limit exceeded", discard_queued=True)
+                        continue
+                    if component.handle_control(client, event.data):
+                        continue
+                    if component.on_message is not None:
+                        self._deliver(event.data)
+                elif isinstance(event, Pong):
+                    client.awaiting_pong = False
+                elif isinstance(event, Closed):
+                    closed = event
+            if closed is not None or room is None or parsed < room:
+                break
+            # The batch stopped at the inbox's room, but some of it never reached the inbox
+            # (control messages, a close under way): parse on, or what follows would wait.
         out = proto.data_to_send()
         if closed is None:
             if out:  # pongs: before the handler's answers to this read's messages
                 client.push(out, control=True)
-            if room is not None:
+            if component.on_message is not None:
                 if self.inbox is not None and len(self.inbox) >= INBOX_LIMIT:
                     self._pause_reading()
                 elif self.read_paused:
@@ -364,7 +382,8 @@ class Connection(asyncio.Protocol):
         if not closed.by_peer and closed.code != CLOSE_ABNORMAL:
             log.info("closing %s: %s %s", self.remote, closed.code, closed.reason)
         if self.inbox is not None:
-            self.deferred = out  # the close reply goes after the handler's answers
+            self.deferred = out  # the close reply goes after the handler's answers, within close_timeout
+            self._deadline(component.config.close_timeout, self.abort)
         else:
             self._finish(out)
 
@@ -485,6 +504,7 @@ class Connection(asyncio.Protocol):
     def _linger(self, timeout: float | None = None) -> None:
         """Half-close and drop the peer's input until it closes too (bounded), so it reads our answer."""
         self.lingering = True
+        self.last_buffered = None
         self._resume_reading()
         if self.transport.is_closing():
             return
@@ -494,7 +514,22 @@ class Connection(asyncio.Protocol):
             except OSError:  # the peer is already gone
                 self.abort()
                 return
-        self._deadline(min(LINGER_TIMEOUT, self.server.close_timeout) if timeout is None else timeout, self.abort)
+        delay = min(LINGER_TIMEOUT, self.server.close_timeout) if timeout is None else timeout
+        self._deadline(delay, lambda: self._unless_sending(delay, self.abort))
+
+    def _unless_sending(self, delay: float, expire: Any) -> None:
+        """A deadline passed: give another ``delay`` if our answer is still going out and moving, else expire.
+
+        A large response to a slow but reading client must not be cut off; one
+        that does not read at all still is (its buffer stops shrinking).
+        """
+        self.timer = None
+        buffered = self.transport.get_write_buffer_size() if not self.transport.is_closing() else 0
+        if buffered and (self.last_buffered is None or buffered < self.last_buffered):
+            self.last_buffered = buffered
+            self._deadline(delay, lambda: self._unless_sending(delay, expire))
+            return
+        expire()
 
     def close_idle(self) -> None:
         """Shutdown: end a connection that has no WebSocket yet (between requests, lingering, or
@@ -504,9 +539,16 @@ class Connection(asyncio.Protocol):
 
     def _handshake_timed_out(self) -> None:
         self.timer = None
-        proto = self.proto
         if self.client is not None or self.lingering:
             return
+        if self.answered and self.transport.get_write_buffer_size():
+            # Kept alive with the last response still going out: that is not idling.
+            self._unless_sending(self.server.handshake_timeout, self._handshake_expired)
+            return
+        self._handshake_expired()
+
+    def _handshake_expired(self) -> None:
+        proto = self.proto
         if not self.server._stopping:
             if self.tls_pending:
                 self.server._count_failure("tls handshake timeout")

@@ -121,6 +121,7 @@ class Server:
         except RuntimeError:
             raise RuntimeError("flockws serves on asyncio (anyio's asyncio backend, with or without uvloop)") from None
         self.flusher = Flusher(loop)
+        self._stopping = False  # a Server may be entered again after leaving
         token = anyio.lowlevel.current_token()
         sockets = _bind(self.host, self.requested_port)  # before any task group: a taken port raises plainly
         try:

@@ -794,6 +794,40 @@ async def test_close_reply_follows_the_handlers_answers() -> None:
             assert close.close_code == 1000
 
 
+async def test_control_messages_do_not_hold_up_the_messages_behind_them() -> None:
+    """Subscribe messages are consumed, not queued: they must not use up the inbox's room."""
+    from flockws.connection import INBOX_LIMIT
+
+    handled: list[str | bytes] = []
+
+    async def on_message(client: Client, data: str | bytes) -> None:
+        handled.append(data)
+
+    ws_component = WebSocketServerComponent(WebSocketComponentConfig(send_hello=False), on_message=on_message)
+    subscribe = json.dumps({"type": "subscribe", "types": ["x"]}).encode()
+    with anyio.fail_after(10):
+        async with serving(ws_component) as server, await wire(server) as raw:
+            await raw.handshake(ENDPOINT)
+            await raw.send(b"".join(build_frame(OP_TEXT, subscribe) for _ in range(INBOX_LIMIT * 3)) + build_frame(OP_TEXT, b"after"))
+            await wait_until(lambda: handled == ["after"])
+
+
+async def test_pipelined_requests_from_a_client_that_does_not_read_are_bounded() -> None:
+    """HTTP keep-alive honours write backpressure: unread answers stop further reading."""
+    n = 2_000
+    with anyio.fail_after(20):
+        async with serving() as server, await wire(server) as raw:
+            await raw.send(http_request("GET", "/asyncapi.json") * n)
+            await wait_until(lambda: any(c.paused for c in server._connections), timeout=10)
+            [connection] = server._connections
+            assert connection.transport.get_write_buffer_size() < 1 << 20
+            assert connection.read_paused
+            # Reading the answers lets the server go on: every request is answered.
+            data = b""
+            while data.count(b"HTTP/1.1 200 ") < n:
+                data += await raw.stream.receive(1 << 20)
+
+
 async def test_messages_without_handler_are_discarded() -> None:
     ws_component = component()
     manager = ws_component.manager
