@@ -828,6 +828,28 @@ async def test_pipelined_requests_from_a_client_that_does_not_read_are_bounded()
                 data += await raw.stream.receive(1 << 20)
 
 
+async def test_large_response_to_a_slow_reader_is_not_cut_off(tmp_path) -> None:
+    """The linger deadline (here 1 s) spares an answer that is still going out, as long as it moves."""
+    from flockws.static import StaticFilesServerComponent
+
+    body = os.urandom(24 << 20)  # far more than loopback's socket buffers absorb
+    (tmp_path / "big.bin").write_bytes(body)
+    static = StaticFilesServerComponent(directory=tmp_path)
+    with anyio.fail_after(40):
+        async with serving(component(close_timeout=1), static) as server, await wire(server) as raw:
+            await raw.send(http_request("GET", "/big.bin", [("Connection", "close")]))
+            got = bytearray()
+            while True:
+                try:
+                    got += await raw.stream.receive(256 << 10)
+                except anyio.EndOfStream:
+                    break
+                await anyio.sleep(0.05)  # pacing, not synchronisation: a ~5 MB/s link
+            head, _, rest = bytes(got).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert len(rest) == len(body) and rest == body
+
+
 async def test_messages_without_handler_are_discarded() -> None:
     ws_component = component()
     manager = ws_component.manager
