@@ -25,7 +25,6 @@ import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import h11
 from wsproto.connection import Connection as WSConnection
@@ -315,7 +314,12 @@ class ServerProtocol:
                     reason = "request header section too large"
                     self._fail_http(431, reason)
                     return [HTTPError(431, reason)]
-                self._pending = self._make_request(event.method, event.target, event.headers, event.http_version)
+                self._pending = self._make_request(
+                    event.method.decode("latin-1"),
+                    event.target.decode("latin-1"),
+                    tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers),
+                    event.http_version,
+                )
             elif isinstance(event, h11.EndOfMessage) and self._pending is not None:
                 # The body (if any) was discarded as it arrived; the request is whole.
                 return [self._pending]
@@ -354,12 +358,8 @@ class ServerProtocol:
             self._h11.receive_data(b"")
 
     @staticmethod
-    def _make_request(method_raw: bytes | str, target_raw: bytes | str, raw_headers: Any, http_version: bytes) -> Request:
-        if isinstance(method_raw, bytes):  # from h11
-            headers = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw_headers)
-            method, target = method_raw.decode("latin-1"), target_raw.decode("latin-1")  # type: ignore[union-attr]
-        else:  # from the fast path: already str, names lower-cased
-            headers, method, target = raw_headers, method_raw, target_raw
+    def _make_request(method: str, target: str, headers: tuple[tuple[str, str], ...], http_version: bytes) -> Request:
+        """A Request from a decoded head (header names lower-cased), whichever parser read it."""
         first: dict[str, str] = {}
         for key, value in headers:
             if key in first and key in ("connection", "upgrade", "sec-websocket-extensions"):

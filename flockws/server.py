@@ -87,6 +87,7 @@ class Server:
         self.addresses: list[tuple[str, int]] = []
         self._stack: AsyncExitStack | None = None
         self._tasks: anyio.abc.TaskGroup | None = None  # per-request and on_message tasks
+        self._background: anyio.abc.TaskGroup | None = None  # components' run()
         self._listeners: list[asyncio.Server] = []
         self._connections: set[Connection] = set()
         self._drained: anyio.Event | None = None  # set when the last connection ends during shutdown
@@ -161,7 +162,8 @@ class Server:
         """Stop accepting, send 1001 to every client, wait ``close_timeout``, abort the rest."""
         self._close_listeners()
         self._stopping = True
-        self._background.cancel_scope.cancel()
+        if self._background is not None:
+            self._background.cancel_scope.cancel()
         for connection in list(self._connections):
             connection.close_idle()  # between HTTP requests: nothing to wait for
         for component in self.websockets:
