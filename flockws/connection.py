@@ -32,6 +32,7 @@ from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from .asgi import APP, HTTPCycle, WebSocketCycle, make_cycle
 from .broadcast import Client, Subscription
 from .components import subscription_fields
 from .http import Response
@@ -125,6 +126,7 @@ class Connection(asyncio.Protocol):
         "closed_cleanly",
         "close_code",
         "last_buffered",
+        "cycle",
     )
 
     def __init__(self, server: Server) -> None:
@@ -152,6 +154,7 @@ class Connection(asyncio.Protocol):
         self.closed_cleanly = False  # the close handshake completed
         self.close_code = CLOSE_ABNORMAL  # what the connection ended with, for the log
         self.last_buffered: int | None = None  # write buffer at the last deadline (progress check)
+        self.cycle: HTTPCycle | WebSocketCycle | None = None  # a request the ASGI application answers
 
     # ------------------------------------------------------------ transport callbacks
 
@@ -196,6 +199,8 @@ class Connection(asyncio.Protocol):
         self.lost = True
         self._cancel_deadline()
         self.inbox = None
+        if self.cycle is not None:
+            self.cycle.lost()
         client = self.client
         if client is not None:
             client.closing = True
@@ -216,6 +221,9 @@ class Connection(asyncio.Protocol):
         self.paused = False
         if self.client is not None:
             self.set()
+        elif self.cycle is not None:
+            self.cycle.writable()
+            self._process()
         elif not self.busy and not self.lingering:
             self._resume_reading()
             self._process()  # requests that waited in the core's buffer
@@ -224,7 +232,9 @@ class Connection(asyncio.Protocol):
 
     def _process(self) -> None:
         try:
-            if self.client is None:
+            if self.cycle is not None:
+                self.cycle.process()
+            elif self.client is None:
                 self._http_events()
             else:
                 self._ws_events()
@@ -278,11 +288,14 @@ class Connection(asyncio.Protocol):
             if self.client is None:
                 self._process()  # a pipelined request may wait in the core's buffer
 
-    def _apply(self, request: Request, decision: Response | tuple[WebSocketServerComponent, Any]) -> None:
-        """Send the answer to a request: a response, or the 101 and the WebSocket."""
+    def _apply(self, request: Request, decision: Response | tuple[WebSocketServerComponent, Any] | Any) -> None:
+        """Send the answer to a request: a response, the 101 and the WebSocket, or the ASGI application."""
         proto = self.proto
         assert proto is not None
         self.answered = True
+        if decision is APP:
+            self._start_cycle(request)
+            return
         if isinstance(decision, Response):
             proto.respond(decision.status, decision.body, decision.headers, close=decision.close)
             self.transport.write(proto.data_to_send())
@@ -295,6 +308,57 @@ class Connection(asyncio.Protocol):
         component, principal = decision
         proto.accept()
         self._open(component, principal, request)
+
+    def _start_cycle(self, request: Request) -> None:
+        """Hand the request to the ASGI application: it reads the body and writes the answer."""
+        server = self.server
+        assert server.app is not None and self.proto is not None
+        self._cancel_deadline()  # the application's pace, not a handshake deadline, rules now
+        server._handshake_done(self)
+        transport = self.transport
+        self.busy = True
+        self.cycle = make_cycle(
+            self, request, _address(transport.get_extra_info("peername")), _address(transport.get_extra_info("sockname")),
+            self.tls, server.app_state,
+        )
+        server._spawn(self.cycle.run, server.app)
+        if isinstance(self.cycle, HTTPCycle):
+            self.cycle.process()  # body that came with the head
+        else:
+            self._pause_reading()  # frames wait until the application accepts
+
+    # ------------------------------------------------------------ the ASGI cycle's link (see flockws.asgi.Link)
+
+    def write(self, data: bytes) -> None:
+        if data and not self.lost and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def set_reading(self, wanted: bool) -> None:
+        if wanted and not self.paused:
+            self._resume_reading()
+        elif not wanted:
+            self._pause_reading()
+
+    def cycle_done(self) -> None:
+        """The application finished an HTTP response: the next request, or close."""
+        self.cycle = None
+        self.busy = False
+        if self.lost:
+            return
+        proto = self.proto
+        assert proto is not None
+        if proto.state is State.CLOSED:
+            self._linger()
+            return
+        self.last_buffered = None
+        self._deadline(self.server.handshake_timeout, self._handshake_timed_out)
+        if not self.paused:
+            self._resume_reading()
+            self._process()  # a pipelined request may wait in the core's buffer
+
+    def close_after_write(self) -> None:
+        if not self.lost and not self.transport.is_closing():
+            self._close()
 
     def _open(self, component: WebSocketServerComponent, principal: Any, request: Request) -> None:
         proto = self.proto
@@ -614,6 +678,10 @@ class Connection(asyncio.Protocol):
         if self.read_paused and not self.transport.is_closing():
             self.read_paused = False
             self.transport.resume_reading()
+
+
+def _address(value: Any) -> tuple[str, int] | None:
+    return (str(value[0]), int(value[1])) if isinstance(value, tuple) and len(value) >= 2 else None
 
 
 def _int_or_none(value: str | None) -> int | None:

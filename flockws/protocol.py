@@ -81,6 +81,8 @@ class Request:
     websocket: bool = False
     upgrade_error: tuple[int, str] | None = None
     offered_extensions: tuple[str, ...] = ()
+    http_version: str = "1.1"
+    has_body: bool = False  # RequestData/RequestEnd events follow (unless the request is answered first)
 
     @property
     def path(self) -> str:
@@ -100,6 +102,18 @@ class Request:
             if key == name:
                 return value
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestData:
+    """A chunk of the pending request's body (only for a request with ``has_body``)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEnd:
+    """The pending request's body is complete."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +154,7 @@ class Closed:
     by_peer: bool = False
 
 
-Event = Request | HTTPError | Message | Ping | Pong | Closed
+Event = Request | RequestData | RequestEnd | HTTPError | Message | Ping | Pong | Closed
 
 
 _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
@@ -202,7 +216,7 @@ class ServerProtocol:
 
     __slots__ = (
         "max_message_size", "max_header_size", "state", "_h11", "_buf", "_buf_eof", "_head_end",
-        "_upgraded", "_ws", "_out", "_pending", "_parts", "_size", "_eof",
+        "_upgraded", "_ws", "_out", "_pending", "_answering", "_body_open", "_parts", "_size", "_eof",
     )
 
     def __init__(
@@ -225,7 +239,9 @@ class ServerProtocol:
         # close): most broadcast clients never send, and it costs ~1 KiB per client.
         self._ws: WSConnection | None = None
         self._out: list[bytes] = []
-        self._pending: Request | None = None  # a request awaiting accept()/respond()
+        self._pending: Request | None = None  # a request awaiting accept()/respond()/start_response()
+        self._answering: Request | None = None  # a streamed response is under way for this request
+        self._body_open = False  # the current request's body has not ended yet
         self._parts: list[str | bytes] | None = None  # fragments of a message still arriving
         self._size = 0
         self._eof = False  # the peer ended the stream; reported after the bytes before it
@@ -286,8 +302,10 @@ class ServerProtocol:
     # -------------------------------------------------------- HTTP phase
 
     def _http_events(self) -> list[Event]:
-        if self._pending is not None:
-            return []  # one request at a time; pipelined ones wait in h11's buffer
+        if self._pending is not None or self._answering is not None:
+            # One request at a time; pipelined ones wait in h11's buffer.  What
+            # arrives meanwhile is the current request's body, if it has one.
+            return self._body_events() if self._body_open else []
         if self._h11 is None:
             request = self._fast_request()
             if request is not None:
@@ -295,13 +313,9 @@ class ServerProtocol:
             if self._h11 is None:
                 return []  # no complete head yet
         while True:
-            try:
-                event = self._h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
-                reason = "request header section too large" if status == 431 else "malformed HTTP request"
-                self._fail_http(status, reason)
-                return [HTTPError(status, reason)]
+            event = self._next_h11_event()
+            if isinstance(event, HTTPError):
+                return [event]
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return []
             if isinstance(event, h11.ConnectionClosed):
@@ -314,16 +328,56 @@ class ServerProtocol:
                     reason = "request header section too large"
                     self._fail_http(431, reason)
                     return [HTTPError(431, reason)]
-                self._pending = self._make_request(
-                    event.method.decode("latin-1"),
-                    event.target.decode("latin-1"),
-                    tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers),
-                    event.http_version,
+                headers = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers)
+                has_body = any(k == "transfer-encoding" or (k == "content-length" and v.strip() != "0") for k, v in headers)
+                request = self._make_request(
+                    event.method.decode("latin-1"), event.target.decode("latin-1"), headers, event.http_version, has_body
                 )
-            elif isinstance(event, h11.EndOfMessage) and self._pending is not None:
-                # The body (if any) was discarded as it arrived; the request is whole.
-                return [self._pending]
-            # h11.Data: request bodies are not used by any endpoint; drop them.
+                self._pending = request
+                self._body_open = True
+                if not has_body:
+                    end = self._next_h11_event()  # h11 frames a body-less request's end at once
+                    assert isinstance(end, h11.EndOfMessage), end
+                    self._body_open = False
+                return [request]
+            # Anything else belongs to a request answered before its body was read (discarded).
+
+    def _next_h11_event(self) -> object:
+        assert self._h11 is not None
+        try:
+            return self._h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            reason = "request header section too large" if status == 431 else "malformed HTTP request"
+            if self._answering is None:
+                self._fail_http(status, reason)
+            else:  # a response is already going out: it cannot become a 400 now
+                self.state = State.CLOSED
+            return HTTPError(status, reason)
+
+    def _body_events(self) -> list[Event]:
+        """The body of the current request that has arrived, as one RequestData, then RequestEnd."""
+        chunks: list[bytes] = []
+        result: list[Event] = []
+        while self._body_open:
+            event = self._next_h11_event()
+            if isinstance(event, h11.Data):
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                self._body_open = False
+                result.append(RequestEnd())
+            elif isinstance(event, HTTPError):
+                self._body_open = False
+                result.append(event)  # a broken chunked body: the core answers 400 and closes
+            else:  # NEED_DATA, or the stream ended mid-body
+                if isinstance(event, h11.ConnectionClosed):
+                    self._body_open = False
+                    self.state = State.CLOSED
+                    result.append(Closed(CLOSE_ABNORMAL))
+                break
+        if chunks:
+            result.insert(0, RequestData(b"".join(chunks)))
+        return result
 
     def _fast_request(self) -> Request | None:
         """The first request, if it is a WebSocket upgrade :func:`parse_head` takes; else start h11.
@@ -338,7 +392,7 @@ class ServerProtocol:
             return None
         head = parse_head(buf, self.max_header_size) if complete else None
         if head is not None:
-            request = self._make_request(head.method, head.target, head.headers, b"1.1")
+            request = self._make_request(head.method, head.target, head.headers, b"1.1", False)
             if request.websocket or request.upgrade_error is not None:
                 self._head_end = head.end
                 self._pending = request
@@ -358,7 +412,9 @@ class ServerProtocol:
             self._h11.receive_data(b"")
 
     @staticmethod
-    def _make_request(method: str, target: str, headers: tuple[tuple[str, str], ...], http_version: bytes) -> Request:
+    def _make_request(
+        method: str, target: str, headers: tuple[tuple[str, str], ...], http_version: bytes, has_body: bool
+    ) -> Request:
         """A Request from a decoded head (header names lower-cased), whichever parser read it."""
         first: dict[str, str] = {}
         for key, value in headers:
@@ -381,6 +437,8 @@ class ServerProtocol:
             websocket=websocket and error is None,
             upgrade_error=error,
             offered_extensions=offered,
+            http_version=http_version.decode("ascii"),
+            has_body=has_body,
         )
 
     def _fail_http(self, status: int, reason: str) -> None:
@@ -405,8 +463,22 @@ class ServerProtocol:
         """Answer the pending request with a complete HTTP response.
 
         The connection stays open for the next request unless ``close`` is set,
-        the client asked to close, or the request was a refused upgrade (the
-        client will not reuse it and keeping it costs a slot).
+        the client asked to close, the request's body had not all arrived, or
+        the request was a refused upgrade (the client will not reuse it and
+        keeping it costs a slot).
+        """
+        hdrs = list(headers or [])
+        if not any(k.lower() == "content-length" for k, _ in hdrs):
+            hdrs.append(("content-length", str(len(body))))
+        self.start_response(status, hdrs, close=close)
+        self.send_body(body)
+        self.end_response()
+
+    def start_response(self, status: int, headers: list[tuple[str, str]], *, close: bool = False) -> None:
+        """Begin a streamed response to the pending request (then :meth:`send_body`, :meth:`end_response`).
+
+        Without a ``content-length`` header h11 frames the body itself
+        (chunked for HTTP/1.1, close-delimited for HTTP/1.0).
         """
         request = self._take_pending()
         if self._h11 is None:
@@ -417,20 +489,43 @@ class ServerProtocol:
             while not isinstance(event := self._h11.next_event(), h11.EndOfMessage):
                 assert event is not h11.NEED_DATA and event is not h11.PAUSED, "fast path and h11 disagree"
         close = close or request.websocket or request.upgrade_error is not None
-        hdrs = [(k, v) for k, v in (headers or [])]
-        names = {k.lower() for k, _ in hdrs}
-        if "content-length" not in names:
-            hdrs.append(("content-length", str(len(body))))
+        hdrs = list(headers)
         if close:
             hdrs.append(("connection", "close"))
+        self._answering = request
         self._out.append(self._h11.send(h11.Response(status_code=status, headers=hdrs, reason=_PHRASES.get(status, "").encode())) or b"")
-        if body and request.method != "HEAD":
-            self._out.append(self._h11.send(h11.Data(data=body)) or b"")
-        self._out.append(self._h11.send(h11.EndOfMessage()) or b"")
-        if close or self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
+
+    def send_body(self, data: bytes) -> None:
+        """Part of the streamed response's body (dropped for a HEAD request, as HTTP requires)."""
+        request = self._answering
+        if request is None:
+            raise ProtocolUsageError("send_body() without start_response()")
+        if data and request.method != "HEAD":
+            assert self._h11 is not None
+            self._out.append(self._h11.send(h11.Data(data=data)) or b"")
+
+    def end_response(self) -> None:
+        """Finish the streamed response; then the next request, or CLOSED."""
+        if self._answering is None:
+            raise ProtocolUsageError("end_response() without start_response()")
+        self._answering = None
+        h = self._h11
+        assert h is not None
+        self._out.append(h.send(h11.EndOfMessage()) or b"")
+        if self._body_open:
+            self._body_events()  # the unread body that has already arrived is discarded
+        if h.our_state is not h11.DONE or h.their_state is not h11.DONE:
+            # Closing (asked for, or h11's MUST_CLOSE), or a request body still arriving
+            # that nobody will read: close rather than read it to find the next request.
             self.state = State.CLOSED
+            self._body_open = False
         else:
-            self._h11.start_next_cycle()
+            h.start_next_cycle()
+
+    @property
+    def responding(self) -> bool:
+        """A streamed response was started and not yet ended."""
+        return self._answering is not None
 
     def accept(self, headers: list[tuple[str, str]] | None = None) -> None:
         """Complete the opening handshake for the pending WebSocket request.
@@ -561,6 +656,20 @@ def _head_size(event: h11.Request) -> int:
 
 _PHRASES = {
     200: "OK",
+    201: "Created",
+    202: "Accepted",
+    206: "Partial Content",
+    301: "Moved Permanently",
+    302: "Found",
+    307: "Temporary Redirect",
+    308: "Permanent Redirect",
+    401: "Unauthorized",
+    409: "Conflict",
+    413: "Content Too Large",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
     204: "No Content",
     304: "Not Modified",
     400: "Bad Request",

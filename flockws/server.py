@@ -25,6 +25,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
 
+from .asgi import APP, ASGIApp, Lifespan
 from .auth import Refused
 from .components import ServerComponent, WebSocketServerComponent
 from .connection import Connection, Flusher
@@ -39,7 +40,7 @@ METRICS_PATH = "/metrics"
 ASYNCAPI_PATH = "/asyncapi.json"
 BACKLOG = 4096  # pending TCP connections the kernel queues for us (capped by somaxconn)
 
-Decision = Response | tuple[WebSocketServerComponent, Any]
+Decision = Response | tuple[WebSocketServerComponent, Any] | Any  # Any: APP
 
 
 class Server:
@@ -63,6 +64,8 @@ class Server:
         ssl: ssl_module.SSLContext | None = None,
         max_pending_handshakes: int = 4096,
         max_pending_per_address: int | None = 256,
+        app: ASGIApp | None = None,
+        lifespan: str = "auto",
     ) -> None:
         components = list(components or [])
         if dashboard:
@@ -93,6 +96,10 @@ class Server:
         self._drained: anyio.Event | None = None  # set when the last connection ends during shutdown
         self._stopping = False
         self.flusher: Flusher  # made on entry, with the running loop
+        # An ASGI application answers what flockws' own routes do not (see flockws.asgi).
+        self.app = app
+        self.lifespan = Lifespan(app, lifespan) if app is not None else None
+        self._own_http = any(type(c).handle_http is not ServerComponent.handle_http for c in self.components)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -127,6 +134,14 @@ class Server:
         sockets = _bind(self.host, self.requested_port)  # before any task group: a taken port raises plainly
         try:
             async with AsyncExitStack() as stack:
+                if self.lifespan is not None and self.lifespan.mode != "off":
+                    # Its own task group, left last: the application shuts down after every connection.
+                    lifespan_group = await stack.enter_async_context(anyio.create_task_group())
+                    await lifespan_group.start(self.lifespan.run)
+                    failure = await self.lifespan.startup()
+                    if failure is not None:
+                        lifespan_group.cancel_scope.cancel()
+                        raise _StartupFailed(failure)
                 self._tasks = await stack.enter_async_context(anyio.create_task_group())
                 background = await stack.enter_async_context(anyio.create_task_group())
                 stack.callback(self._close_listeners)
@@ -139,9 +154,13 @@ class Server:
                     background.start_soon(component.run)
                 self._background = background
                 self._stack = stack.pop_all()
-        except BaseException:
+        except BaseException as exc:
             for sock in sockets:
                 sock.close()
+            startup = _startup_failure(exc)
+            if startup is not None:
+                # As uvicorn: the server does not start when the application's startup failed.
+                raise RuntimeError(f"Application startup failed: {startup}") from None
             raise
         log.info("flockws listening on %s", ", ".join(f"{h}:{p}" for h, p in self.addresses))
         return self
@@ -175,6 +194,14 @@ class Server:
         await self._wait_drained(1.0)  # aborted transports report connection_lost on the next loop turn
         if self._tasks is not None:
             self._tasks.cancel_scope.cancel()
+        if self.lifespan is not None:
+            with anyio.move_on_after(self.close_timeout):
+                await self.lifespan.shutdown()
+
+    @property
+    def app_state(self) -> dict[str, Any]:
+        """The state the application's lifespan startup left (copied into each request's scope)."""
+        return self.lifespan.state if self.lifespan is not None else {}
 
     async def _wait_drained(self, timeout: float) -> None:
         if self._connections:
@@ -264,6 +291,8 @@ class Server:
         """
         path = request.path
         target = next((c for c in self.websockets if c.serves_websocket(path)), None)
+        if target is None and request.websocket and self.app is not None:
+            return APP  # a WebSocket route of the application's own
         if request.websocket or request.upgrade_error:
             response = self._check_upgrade(request, target, host)
             if response is None:
@@ -278,20 +307,21 @@ class Server:
                 [("upgrade", "websocket"), ("sec-websocket-version", "13")],
             )
         elif request.method not in ("GET", "HEAD"):
-            return None
+            return APP if self.app is not None and not self._own_http else None
         elif path == HEALTH_PATH:
             response = Response.text(200, "ok")
-        elif path == METRICS_PATH:
+        elif path == METRICS_PATH and self.app is None or self._endpoint_route(path, "metrics") is not None:
+            # With an application, /metrics is its own (Flock has one): ours stays at {prefix}metrics.
             body = render_metrics((c.endpoint, c.manager) for c in self.websockets).encode()
             response = Response(200, body, [("content-type", "text/plain; version=0.0.4; charset=utf-8")])
-        elif (stats := self._stats_component(path)) is not None:
+        elif (stats := self._endpoint_route(path, "stats")) is not None:
             response = Response.json(stats.manager.stats())
         elif path == ASYNCAPI_PATH:
             from .asyncapi import build_document
 
             response = Response.json(build_document(self.components))
         else:
-            return None
+            return APP if self.app is not None and not self._own_http else None
         return self._decorated(request, response)
 
     async def _answer_later(self, request: Request, host: str) -> Decision:
@@ -313,6 +343,8 @@ class Server:
             if response is not None:
                 break
         if response is None:
+            if self.app is not None:
+                return APP
             response = Response.text(404, f"not found: {path}")
         return self._decorated(request, response)
 
@@ -342,11 +374,28 @@ class Server:
             component.decorate(request, response)
         return response
 
-    def _stats_component(self, path: str) -> WebSocketServerComponent | None:
+    def _endpoint_route(self, path: str, name: str) -> WebSocketServerComponent | None:
+        """The endpoint whose ``{prefix}stats`` / ``{prefix}metrics`` this path is."""
         for component in self.websockets:
-            if path == component.config.prefix.rstrip("/") + "/stats":
+            if path == component.config.prefix.rstrip("/") + "/" + name:
                 return component
         return None
+
+
+class _StartupFailed(Exception):
+    """The ASGI application's lifespan startup failed (raised inside the server's task groups)."""
+
+
+def _startup_failure(exc: BaseException) -> str | None:
+    """The startup failure inside ``exc`` (anyio may have wrapped it in an exception group), or None."""
+    if isinstance(exc, _StartupFailed):
+        return str(exc)
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _startup_failure(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _bind(host: str | Sequence[str] | None, port: int) -> list[socket.socket]:
@@ -385,10 +434,15 @@ async def serve(
     dashboard: bool = False,
     host: str | Sequence[str] | None = "127.0.0.1",
     port: int = 8000,
+    app: ASGIApp | None = None,
     task_status: TaskStatus[Server] = anyio.TASK_STATUS_IGNORED,
     **options: Any,
 ) -> None:
-    """Serve until cancelled.  With ``task_group.start(serve, ...)`` the running Server is returned."""
-    async with Server(components, host=host, port=port, dashboard=dashboard, **options) as server:
+    """Serve until cancelled.  With ``task_group.start(serve, ...)`` the running Server is returned.
+
+    ``app`` is an ASGI application (FastAPI, Starlette, ...) that answers every
+    request flockws' own routes do not: see :mod:`flockws.asgi`.
+    """
+    async with Server(components, host=host, port=port, dashboard=dashboard, app=app, **options) as server:
         task_status.started(server)
         await anyio.sleep(math.inf)
