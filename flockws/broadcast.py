@@ -38,6 +38,16 @@ _PING_FRAME = encode_frame(OP_PING, b"flockws")
 log = logging.getLogger("flockws")
 
 Visible = Callable[[Any, Mapping[str, Any]], bool]
+Shape = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
+
+def as_mapping(message: Any) -> Any:
+    """An event model as its mapping: ``to_dict()`` (flockws.events) or pydantic's ``model_dump(mode="json")``."""
+    if hasattr(message, "to_dict"):
+        return message.to_dict()
+    if hasattr(message, "model_dump"):
+        return message.model_dump(mode="json")
+    return message
 
 
 class Waker(Protocol):
@@ -225,6 +235,7 @@ class WebSocketManager:
         history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES,
         visible: Visible | None = None,
         send_hello: bool = True,
+        shape: Shape | None = None,
     ) -> None:
         self.queue_max_bytes = queue_max_bytes
         self.queue_max_messages = queue_max_messages
@@ -233,6 +244,9 @@ class WebSocketManager:
         self._token: Any = None  # anyio event-loop token while serving
         self.visible = visible
         self.send_hello = send_hello
+        # The wire format of this endpoint: what an event (with its seq) is sent as.  Hooks
+        # (subscriptions, visible) and history keep seeing the flat event.
+        self.shape = shape
         self._narrowed = 0  # clients with a narrowing subscription (0 keeps the fast path)
         # Resume: every event broadcast gets the next seq within this epoch.
         self.epoch = secrets.token_hex(8)
@@ -279,8 +293,12 @@ class WebSocketManager:
         since: int | None = None,
         epoch: str | None = None,
         subscription: Subscription | None = None,
+        last: int | None = None,
     ) -> None:
         """Join a new client: hello, then what it missed since ``since``, then the live stream.
+
+        Without ``since``, ``last`` asks for the newest ``last`` events of the
+        history first (a dashboard opened mid-run shows where the run stands).
 
         Runs synchronously on the loop, so no broadcast can fall between the
         replay and the client joining the pool: no duplicate and no gap at the
@@ -301,6 +319,8 @@ class WebSocketManager:
                 if missed is not None:
                     owed.append(self._gap(*missed, "history exhausted"))
                 owed.extend(e.frame for e in entries if self._wants(client, e.event))
+        elif last:
+            owed.extend(e.frame for e in self.history.last(last) if self._wants(client, e.event))
         self.add(client)
 
     def _hello(self) -> bytes:
@@ -353,21 +373,25 @@ class WebSocketManager:
 
         A mapping must carry a ``type`` and be JSON-serialisable; both are
         checked here so nothing is sent when either fails.  An event model
-        (anything with a ``to_dict()``, see :mod:`flockws.events`) is sent as
-        its mapping.
+        (``to_dict()``, see :mod:`flockws.events`, or a pydantic model) is
+        sent as its mapping.
         """
-        if not isinstance(message, Mapping | str | bytes | bytearray | memoryview) and hasattr(message, "to_dict"):
-            message = message.to_dict()
+        if not isinstance(message, Mapping | str | bytes | bytearray | memoryview):
+            message = as_mapping(message)
         if isinstance(message, Mapping):
             if "type" not in message:
                 raise ValueError("event mapping has no 'type' field")
-            try:
-                message = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise TypeError(f"event is not JSON-serialisable: {exc}") from None
-        elif not isinstance(message, str | bytes | bytearray | memoryview):
+            return self._json_frame(message)
+        if not isinstance(message, str | bytes | bytearray | memoryview):
             raise TypeError(f"cannot broadcast {type(message).__name__}: expected str, bytes or a mapping")
         return encode_message(message, self.fragment_size)
+
+    def _json_frame(self, message: Mapping[str, Any]) -> bytes:
+        try:
+            text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"event is not JSON-serialisable: {exc}") from None
+        return encode_message(text, self.fragment_size)
 
     def broadcast(self, message: str | bytes | Mapping[str, Any] | Any) -> int:
         """Queue ``message`` for every open client; return how many got it.
@@ -380,12 +404,17 @@ class WebSocketManager:
         """
         if isinstance(message, str | bytes | bytearray | memoryview):
             return self.broadcast_frame(self.encode(message))
-        if not isinstance(message, Mapping) and hasattr(message, "to_dict"):
-            message = message.to_dict()
+        if not isinstance(message, Mapping):
+            message = as_mapping(message)
         if not isinstance(message, Mapping):
             raise TypeError(f"cannot broadcast {type(message).__name__}: expected str, bytes or a mapping")
         event = {**message, "seq": self.seq + 1}
-        frame = self.encode(event)  # raises before the seq is spent
+        if self.shape is None:
+            frame = self.encode(event)  # raises before the seq is spent
+        elif "type" not in event:
+            raise ValueError("event mapping has no 'type' field")
+        else:
+            frame = self._json_frame(self.shape(event))
         self.seq += 1
         self.history.append(self.seq, frame, event)
         return self.broadcast_frame(frame, event)

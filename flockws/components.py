@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .auth import Authenticate
-from .broadcast import Client, Subscription, Visible, WebSocketManager
+from .broadcast import Client, Shape, Subscription, Visible, WebSocketManager
 from .config import WebSocketComponentConfig
 from .events import StreamCoalescer
 from .http import Response
@@ -77,7 +77,9 @@ class WebSocketServerComponent(ServerComponent):
         on_message: MessageHandler | None = None,
         authenticate: Authenticate | None = None,
         visible: Visible | None = None,
+        shape: Shape | None = None,
     ) -> None:
+        """``shape`` is this endpoint's wire format (what an event is sent as); the default is the flat event."""
         self.config = config if config is not None else WebSocketComponentConfig()
         self.name = name
         self.priority = priority
@@ -91,6 +93,7 @@ class WebSocketServerComponent(ServerComponent):
             history_max_bytes=self.config.history_max_bytes,
             visible=visible,
             send_hello=self.config.send_hello,
+            shape=shape,
         )
         # Opt-in merging of streaming_output bursts (stream_coalesce_ms > 0); see publish().
         self.coalescer: StreamCoalescer | None = None

@@ -43,6 +43,7 @@ class WebSocketComponentConfig:
     history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
     send_hello: bool = True
     stream_coalesce_ms: float = 0.0
+    enabled: bool = True  # Flock's ServerComponentConfig field: Flock skips a disabled component
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefix, str) or not self.prefix.startswith("/"):
@@ -51,6 +52,8 @@ class WebSocketComponentConfig:
             raise ConfigError(f"prefix must be a plain path without '?', '#' or spaces, got {self.prefix!r}")
         if not isinstance(self.tags, list) or not all(isinstance(t, str) for t in self.tags):
             raise ConfigError(f"tags must be a list of strings, got {self.tags!r}")
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"enabled must be a bool, got {self.enabled!r}")
         if not isinstance(self.enable_heartbeat, bool):
             raise ConfigError(f"enable_heartbeat must be a bool, got {self.enable_heartbeat!r}")
         for name in ("heartbeat_interval", "pong_timeout", "handshake_timeout", "close_timeout"):

@@ -377,7 +377,8 @@ class Connection(asyncio.Protocol):
         subscription = Subscription(**fields) if fields else None  # most clients narrow nothing
         # Synchronous from the limit checks to here: concurrent handshakes cannot
         # all pass max_connections / the per-address limit.
-        manager.attach(client, since=since, epoch=epoch, subscription=subscription)
+        last = _int_or_none(query.get("last", [None])[0]) if since is None else None
+        manager.attach(client, since=since, epoch=epoch, subscription=subscription, last=last)
         self.server._websocket_opened(self, component)
         self.client = client
         self.component = component

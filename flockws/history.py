@@ -52,6 +52,12 @@ class History:
         while entries and (len(entries) > self.max_events or self._bytes > self.max_bytes):
             self._bytes -= len(entries.popleft().frame)
 
+    def last(self, count: int) -> list[Entry]:
+        """The newest ``count`` entries, oldest first."""
+        entries = self._entries
+        count = min(max(count, 0), len(entries))
+        return [entries[i] for i in range(len(entries) - count, len(entries))]
+
     def after(self, since: int, current: int) -> tuple[list[Entry], tuple[int, int] | None]:
         """Entries with seq > ``since``, and the missed ``(first, last)`` range if history fell short.
 

@@ -23,6 +23,11 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+
+try:
+    import sniffio
+except ImportError:  # anyio then detects asyncio by the running loop
+    sniffio = None  # type: ignore[assignment]
 from anyio.abc import TaskStatus
 
 from .asgi import APP, ASGIApp, Lifespan
@@ -213,8 +218,20 @@ class Server:
     # ------------------------------------------------------------ connections (called by Connection)
 
     def _spawn(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        """Start a task in the server's task group, also from a transport callback.
+
+        Callbacks run outside any task, where sniffio (which anyio consults when
+        it is installed) cannot tell the event loop: name it for the call.
+        """
         assert self._tasks is not None
-        self._tasks.start_soon(func, *args)
+        if sniffio is None or asyncio.current_task() is not None:
+            self._tasks.start_soon(func, *args)
+            return
+        token = sniffio.current_async_library_cvar.set("asyncio")
+        try:
+            self._tasks.start_soon(func, *args)
+        finally:
+            sniffio.current_async_library_cvar.reset(token)
 
     def _admit_connection(self, connection: Connection) -> bool:
         """A new TCP connection: count it, or refuse it when too many handshakes are unfinished."""

@@ -409,6 +409,7 @@
      every event carries its seq; after a reconnect with ?since=&epoch= the server replays
      what was missed, or sends "gap" for what it no longer has. */
   var resume = { epoch: null, seq: 0, missed: 0, protocol: 0 };
+  var RECENT_EVENTS = 1000; // replayed on first connect (the server caps it by its history)
 
   function onProtocol(type, msg) {
     resume.protocol += 1;
@@ -499,6 +500,10 @@
     var url = conn.url;
     if (resume.epoch !== null) {
       url += (url.indexOf("?") < 0 ? "?" : "&") + "since=" + resume.seq + "&epoch=" + encodeURIComponent(resume.epoch);
+    } else {
+      // First connection: the server replays its recent history, so a tab opened in the
+      // middle of a run shows where the run stands instead of an empty page.
+      url += (url.indexOf("?") < 0 ? "?" : "&") + "last=" + RECENT_EVENTS;
     }
     conn.lastUrl = url;
     var sock;
