@@ -137,7 +137,9 @@ def pizza_mock(tokens: int | None = None) -> str:
     """
     if tokens is None or tokens <= PIZZA_TOKENS:
         return PIZZA_MOCK
-    notes = "x" * (3 * tokens - len(PIZZA_MOCK))  # PIZZA_MOCK already has '"notes":""'
+    # Varied text: litellm aborts a stream that repeats one chunk ("the model is repeating").
+    length = 3 * tokens - len(PIZZA_MOCK)  # PIZZA_MOCK already has '"notes":""'
+    notes = "".join(f"{i:07d} " for i in range(length // 8 + 1))[:length]
     mock = mock_response("pizza", PIZZA.model_copy(update={"notes": notes}))
     assert math.ceil(len(mock) / 3) == tokens, (len(mock), tokens)
     return mock
@@ -145,8 +147,9 @@ def pizza_mock(tokens: int | None = None) -> str:
 
 def dspy_engine(mock: str) -> DSPyEngine:
     """The real DSPy engine, answered by litellm's mock instead of a provider (no cache: every
-    run must stream)."""
-    return DSPyEngine(model=MODEL, lm_kwargs={"mock_response": mock}, enable_cache=False)
+    run must stream).  ``stream=True`` explicitly: Flock turns streaming off by default whenever
+    pytest is imported, and these tests are about what a dashboard user sees."""
+    return DSPyEngine(model=MODEL, lm_kwargs={"mock_response": mock}, enable_cache=False, stream=True)
 
 
 class FailingEngine(EngineComponent):

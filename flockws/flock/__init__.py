@@ -1,26 +1,37 @@
 """flockws inside the real Flock (extra ``flock``: ``pip install 'flockws[flock]'``, Python >= 3.12).
 
-``import flockws`` never needs flock-core; this package does, and says so.
+``import flockws`` never needs flock-core, nor does ``flockws.flock.wire`` (the
+wire formats, pure functions).  The component and the hook do: they are
+imported on first use, with a clear message when flock-core is missing.
 """
 
-try:
-    import flock  # noqa: F401
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "flockws.flock needs flock-core (Python >= 3.12): pip install 'flockws[flock]'"
-    ) from exc
+from __future__ import annotations
 
-from .component import FlockwsComponent, flock_visible
-from .hook import SUPPORTED_TEXT, UnsupportedFlockVersion, check_version
-from .wire import dashboard_envelope, event_type, flat_event
+from typing import Any
 
-__all__ = [
-    "SUPPORTED_TEXT",
-    "FlockwsComponent",
-    "UnsupportedFlockVersion",
-    "check_version",
-    "dashboard_envelope",
-    "event_type",
-    "flat_event",
-    "flock_visible",
-]
+_LAZY = {
+    "FlockwsComponent": "component",
+    "flock_visible": "component",
+    "SUPPORTED_TEXT": "hook",
+    "UnsupportedFlockVersion": "hook",
+    "check_version": "hook",
+    "dashboard_envelope": "wire",
+    "event_type": "wire",
+    "flat_event": "wire",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flockws.flock' has no attribute {name!r}")
+    if module != "wire":
+        try:
+            import flock  # noqa: F401
+        except ImportError as exc:
+            raise ImportError(f"flockws.flock.{name} needs flock-core (Python >= 3.12): pip install 'flockws[flock]'") from exc
+    from importlib import import_module
+
+    return getattr(import_module(f"{__name__}.{module}"), name)
