@@ -299,3 +299,25 @@ async def test_restart_then_reconnect_before_any_new_event_still_says_gap() -> N
             await follower.read_until(1)
             await follower.close()
             assert follower.seen[manager.epoch] == [1]
+
+
+async def test_first_connect_with_last_replays_the_newest_events_of_history() -> None:
+    """?last=N: a dashboard opened mid-run starts from where the run stands, not from an empty page."""
+    comp = component()
+    manager = comp.manager
+    with anyio.fail_after(10):
+        async with serving(comp) as server:
+            for i in range(5):
+                manager.broadcast({"type": "tick", "n": i})
+            async with ws_connect(server.url(ENDPOINT + "?last=3"), proxy=None) as ws:
+                assert json.loads(await ws.recv())["seq"] == 5  # the hello
+                assert [json.loads(await ws.recv())["seq"] for _ in range(3)] == [3, 4, 5]
+                manager.broadcast({"type": "tick", "n": 5})
+                assert json.loads(await ws.recv())["seq"] == 6  # then live, no duplicate
+            # More than the history holds gives what it holds; ?since= takes precedence over ?last=.
+            async with ws_connect(server.url(ENDPOINT + "?last=99&since=5"), proxy=None) as ws:
+                await ws.recv()
+                assert json.loads(await ws.recv())["seq"] == 6
+            async with ws_connect(server.url(ENDPOINT + "?last=99"), proxy=None) as ws:
+                await ws.recv()
+                assert [json.loads(await ws.recv())["seq"] for _ in range(6)] == [1, 2, 3, 4, 5, 6]
