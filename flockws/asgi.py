@@ -142,12 +142,15 @@ class HTTPCycle:
                     self.link.close_after_write()
                 self.disconnected = True
         self.wakeup.set()
-        self.link.set_reading(self.buffered < BODY_HIGH_WATER and not self.body_done)
+        # Reading goes on while the response is written, so a reset ends the cycle at once;
+        # what a client pipelines meanwhile waits in the core, up to the same bound.
+        self.link.set_reading(self.buffered < BODY_HIGH_WATER and self.link.proto.buffered_input < BODY_HIGH_WATER)
 
     def writable(self) -> None:
         self.wakeup.set()
 
     def lost(self) -> None:
+        """The client is gone (reset, or it ended its side: uvicorn also takes EOF as a disconnect)."""
         self.disconnected = True
         self.wakeup.set()
 

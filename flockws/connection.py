@@ -186,6 +186,9 @@ class Connection(asyncio.Protocol):
         if self.lingering or self.proto is None:
             self.transport.close()
             return False
+        if isinstance(self.cycle, HTTPCycle):
+            self.cycle.lost()  # the application hears http.disconnect, as under uvicorn
+            return False  # asyncio closes the transport
         self.proto.receive_data(b"")
         if not self.tls_pending:
             self._process()

@@ -294,6 +294,13 @@ class ServerProtocol:
             return False
         return bool(self._buf) if self._h11 is None else bool(self._h11.trailing_data[0])
 
+    @property
+    def buffered_input(self) -> int:
+        """Bytes received in the HTTP phase and not yet parsed (pipelined requests wait here)."""
+        if self._upgraded:
+            return 0
+        return len(self._buf) if self._h11 is None else len(self._h11.trailing_data[0])
+
     def data_to_send(self) -> bytes:
         out = b"".join(self._out)
         self._out.clear()
