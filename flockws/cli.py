@@ -320,6 +320,20 @@ def format_pretty(event: dict[str, Any], colour: bool) -> str:
     return f"{stamp} {kind:<26} " + " ".join(fields)
 
 
+def redact(text: str, url: str) -> str:
+    """``text`` with the secrets of ``url`` (a ``?token=`` value, a userinfo password) masked.
+
+    Terminal output and logs outlive the session; a bearer token must not be in them.
+    """
+    parts = urlsplit(url)
+    secrets = [value for key, value in parse_qsl(parts.query, keep_blank_values=False) if key.lower() in ("token", "access_token")]
+    if parts.password:
+        secrets.append(parts.password)
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def resume_url(url: str, epoch: str | None, seq: int | None) -> str:
     """``url`` with ``since``/``epoch`` query parameters, so a reconnect replays what was missed."""
     if epoch is None or seq is None:
@@ -390,11 +404,11 @@ async def _tail_loop(args: argparse.Namespace) -> int:
             ws = await connect(resume_url(args.url, printer.epoch, printer.seq), timeout=args.timeout)
         except WebSocketError as exc:
             wait = delay * random.uniform(0.8, 1.2)
-            _err(f"tail: {exc}; retrying in {wait:.1f} s")
+            _err(f"tail: {redact(str(exc), args.url)}; retrying in {wait:.1f} s")
             await anyio.sleep(wait)
             delay = min(delay * 2, args.max_backoff)
             continue
-        _err(f"tail: connected to {args.url}")
+        _err(f"tail: connected to {redact(args.url, args.url)}")
         delay = initial
         async with ws:
             try:

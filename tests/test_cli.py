@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect as ws_connect
 
 from flockws import Server, WebSocketComponentConfig, WebSocketServerComponent
-from flockws.cli import LineSplitter, build_parser, format_pretty, parse_event_line, resume_url
+from flockws.cli import LineSplitter, build_parser, format_pretty, parse_event_line, redact, resume_url
 from flockws.client import ConnectionClosed, WebSocketError, connect
 from flockws.demo import AGENTS, run_demo
 from flockws.events import (
@@ -311,22 +311,31 @@ async def test_tail_retries_with_capped_backoff_until_the_server_appears_and_sto
     listener = await anyio.create_tcp_listener(local_host=HOST, local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     await listener.aclose()  # a port nobody listens on (for now)
-    async with flockws("tail", f"ws://{HOST}:{port}/plugin/ws", "--max-backoff", "0.3") as proc:
+    # The URL carries a bearer token: tail must never print it (terminals and CI logs outlive it).
+    async with flockws("tail", f"ws://{HOST}:{port}/plugin/ws?token=s3cret-t0ken", "--max-backoff", "0.3") as proc:
         stderr = Lines(proc.stderr)
         delays = []
         for _ in range(4):
             match = await stderr.until(r"could not connect .*; retrying in ([0-9.]+) s")
+            assert "s3cret-t0ken" not in match.string
             delays.append(float(match.group(1)))
         assert all(0.3 * 0.8 - 0.05 <= d <= 0.3 * 1.2 + 0.05 for d in delays), delays  # capped (with jitter)
         component = WebSocketServerComponent()
         async with Server([component], host=HOST, port=port):
-            await stderr.until(r"tail: connected to ", timeout=10)
+            match = await stderr.until(r"tail: connected to ", timeout=10)
+            assert "s3cret-t0ken" not in match.string and "token=***" in match.string
             component.publish({"type": "greeting"})
             stdout = Lines(proc.stdout)
             assert await recv_event(stdout.readline) == {"type": "greeting"}
             proc.send_signal(signal.SIGTERM)
             with anyio.fail_after(10):
                 assert await proc.wait() == 0
+
+
+def test_redact_masks_the_token_and_a_password() -> None:
+    url = "ws://user:pa55@host/plugin/ws?types=a&token=abc123"
+    assert redact(f"could not connect to {url}", url) == "could not connect to ws://user:***@host/plugin/ws?types=a&token=***"
+    assert redact("nothing secret", "ws://host/plugin/ws") == "nothing secret"
 
 
 def test_resume_url() -> None:
