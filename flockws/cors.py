@@ -63,7 +63,8 @@ def normalize_origin(origin: str) -> str | None:
     origin = origin.strip()
     if origin == "null":
         return "null"
-    if not origin or any(c.isspace() or c in ",\0" for c in origin):
+    # A serialized origin is ASCII (RFC 6454 6.1: hosts in punycode); anything else is not one.
+    if not origin or not origin.isascii() or any(c.isspace() or c in ",\0" for c in origin):
         return None
     try:
         parts = urlsplit(origin)
@@ -174,12 +175,12 @@ class CORSComponent(ServerComponent):
     # ------------------------------------------------------------ policy
 
     def origin_allowed(self, origin: str) -> bool:
-        """Whether an ``Origin`` header value is allowed."""
-        if self._any_origin:
-            return True
+        """Whether an ``Origin`` header value is allowed (never one that is not an origin: it may be echoed)."""
         normalized = normalize_origin(origin)
         if normalized is None:
             return False
+        if self._any_origin:
+            return True
         if normalized in self._origins:
             return True
         return self._regex is not None and self._regex.fullmatch(origin.strip()) is not None

@@ -303,3 +303,21 @@ def test_defaults_and_wildcard_with_credentials(caplog):
     with caplog.at_level(logging.WARNING, logger="flockws"):
         CORSComponent(config=CORSComponentConfig(allow_origins=["*"], allow_credentials=True))
     assert any("allow_credentials" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_non_ascii_origin_is_refused_cleanly_even_with_wildcard_and_credentials():
+    """Flock's own default (["*"] + credentials) echoes the Origin: one that is not an origin gets a 403, not a traceback."""
+    from wire import WireClient, handshake_request
+
+    config = dict(allow_origins=["*"], allow_credentials=True)
+    async with Server([cors(**config), Api(), WebSocketServerComponent()], port=0) as server:
+        with anyio.fail_after(TIMEOUT):
+            async with await WireClient.connect("127.0.0.1", server.port) as wire:
+                request = handshake_request("/plugin/ws", extra=[("Origin", "http://ex\xe4mple.com")])
+                response = await wire.request(request)
+                assert response.status == 403 and response.body == b"origin not allowed\n"
+            async with await WireClient.connect("127.0.0.1", server.port) as wire:
+                response = await wire.request(b"GET /api HTTP/1.1\r\nHost: x\r\nOrigin: http://\xe4.com\r\n\r\n")
+                assert response.status == 200 and response.header("access-control-allow-origin") is None
+            reply = await fetch(server.port, "/plugin/ws", headers=handshake(FRONTEND))  # everyone else: served
+            assert reply.status == 101
