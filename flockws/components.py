@@ -133,18 +133,23 @@ class WebSocketServerComponent(ServerComponent):
         ``{"type": "subscribe", "types": [...], "correlation_id": ..., "run_id": ...}``
         narrows what the client receives (values may be a string or a list);
         ``unsubscribe`` removes values, and with no fields clears all narrowing.
-        A malformed control message is answered with an ``error`` event.
+        A malformed control message, or one that would pass
+        ``subscription_max_values`` per field or ``subscription_max_value_length``,
+        is answered with an ``error`` event and changes nothing: what one client
+        holds is bounded whatever it sends.
         """
         if not isinstance(data, str) or "subscribe" not in data:
             return False
         try:
             message = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # deeply nested JSON is not a control message either
             return False
         if not isinstance(message, dict) or message.get("type") not in ("subscribe", "unsubscribe"):
             return False
+        config = self.config
         try:
-            changes = subscription_fields(message)
+            changes = subscription_fields(message, max_values=config.subscription_max_values,
+                                          max_length=config.subscription_max_value_length)
         except ValueError as exc:
             client.send({"type": "error", "error": str(exc)})
             return True
@@ -158,6 +163,11 @@ class WebSocketServerComponent(ServerComponent):
             subscription = Subscription()
         else:
             subscription.update(message["type"] == "subscribe", changes)
+        for attr, key in Subscription.FIELDS:
+            values = getattr(subscription, attr)
+            if values is not None and len(values) > config.subscription_max_values:
+                client.send({"type": "error", "error": f"{_FIELD_KEYS[attr]}: at most {config.subscription_max_values} values per client"})
+                return True
         self.manager.set_subscription(client, subscription)
         return True
 
@@ -193,17 +203,33 @@ class WebSocketServerComponent(ServerComponent):
         return {**super().describe(), "endpoint": self.endpoint, "tags": list(self.config.tags)}
 
 
-def subscription_fields(source: Mapping[str, Any]) -> dict[str, set[str]]:
-    """Subscription values from a subscribe message or parsed query (``types``, ``correlation_id``, ``run_id``)."""
+_FIELD_KEYS = {"types": "types", "correlation_ids": "correlation_id", "run_ids": "run_id"}
+
+
+def subscription_fields(
+    source: Mapping[str, Any], *, max_values: int | None = None, max_length: int | None = None
+) -> dict[str, set[str]]:
+    """Subscription values from a subscribe message or parsed query (``types``, ``correlation_id``, ``run_id``).
+
+    Raises ValueError naming the field for a value of the wrong kind, more than
+    ``max_values`` values in a field, or a value longer than ``max_length``.
+    """
     changes: dict[str, set[str]] = {}
-    for attr, key in (("types", "types"), ("correlation_ids", "correlation_id"), ("run_ids", "run_id")):
+    for attr, key in _FIELD_KEYS.items():
         value = source.get(key)
         if value is None:
             continue
         values = [value] if isinstance(value, str) else value
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise ValueError(f"{key} must be a string or a list of strings")
-        changes[attr] = {part for v in values for part in v.split(",") if part}
+        if max_values is not None and len(values) > max_values:
+            raise ValueError(f"{key}: at most {max_values} values per client")
+        parts = {part for v in values for part in v.split(",") if part}
+        if max_values is not None and len(parts) > max_values:
+            raise ValueError(f"{key}: at most {max_values} values per client")
+        if max_length is not None and any(len(part) > max_length for part in parts):
+            raise ValueError(f"{key}: values are at most {max_length} characters")
+        changes[attr] = parts
     return changes
 
 

@@ -43,6 +43,8 @@ class WebSocketComponentConfig:
     history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
     send_hello: bool = True
     stream_coalesce_ms: float = 0.0
+    subscription_max_values: int = 64  # values per field (types, correlation ids, run ids) a client may narrow to
+    subscription_max_value_length: int = 256  # characters per value
     enabled: bool = True  # Flock's ServerComponentConfig field: Flock skips a disabled component
 
     def __post_init__(self) -> None:
@@ -68,6 +70,8 @@ class WebSocketComponentConfig:
             "inbound_burst",
             "history_max_events",
             "history_max_bytes",
+            "subscription_max_values",
+            "subscription_max_value_length",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
+from urllib.parse import parse_qs
 
 import anyio
 import anyio.lowlevel
@@ -32,7 +33,7 @@ from anyio.abc import TaskStatus
 
 from .asgi import APP, ASGIApp, Lifespan
 from .auth import Refused
-from .components import ServerComponent, WebSocketServerComponent
+from .components import ServerComponent, WebSocketServerComponent, subscription_fields
 from .connection import Connection, Flusher
 from .http import Response
 from .metrics import render as render_metrics
@@ -377,6 +378,13 @@ class Server:
             response = component.allow_websocket(request)
             if response is not None:
                 return response
+        if request.query and ("types=" in request.query or "_id=" in request.query):
+            config = target.config
+            try:  # the same bounds as subscribe messages, answered before the upgrade
+                subscription_fields(parse_qs(request.query), max_values=config.subscription_max_values,
+                                    max_length=config.subscription_max_value_length)
+            except ValueError as exc:
+                return Response.text(400, str(exc))
         return self._admit(target, host)
 
     def _refuse(self, request: Request, target: WebSocketServerComponent | None, response: Response, host: str) -> Response:

@@ -12,6 +12,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from wire import handshake_request
+
 from eventclient import ENDPOINT, component, raw_connect, read_event, read_hello, serving, wait_until
 from flockws import WebSocketComponentConfig, WebSocketServerComponent
 from flockws.broadcast import Client, Subscription, WebSocketManager
@@ -206,3 +208,48 @@ def test_events_with_unhashable_ids_do_not_break_a_broadcast() -> None:
     # A correlation_id that is not a string (here a list) cannot match: withheld, not a crash.
     assert manager.broadcast({"type": "x", "correlation_id": ["c1"]}) == 1
     assert len(plain.queue) == 1 and not narrowed.queue
+
+
+async def test_subscriptions_are_bounded_per_field_and_value_length_and_the_excess_is_answered() -> None:
+    """Repeated subscribe messages cannot grow one client's memory: past the named limits, an error, no change."""
+    comp = WebSocketServerComponent(WebSocketComponentConfig(subscription_max_values=3, subscription_max_value_length=8))
+    manager = comp.manager
+    with anyio.fail_after(10):
+        async with serving(comp) as server:
+            async with await raw_connect(server.port) as wire:
+                await wire.handshake(ENDPOINT)
+                await read_hello(wire)
+                await wire.send_text(json.dumps({"type": "subscribe", "types": ["a", "b"]}))
+                await wire.send_text(json.dumps({"type": "subscribe", "types": ["c", "d"]}))  # 4 > 3 in all
+                error = await read_event(wire)
+                assert error == {"type": "error", "error": "types: at most 3 values per client"}
+                await wire.send_text(json.dumps({"type": "subscribe", "run_id": ["r"] * 2 + ["x" * 9]}))
+                assert (await read_event(wire))["error"] == "run_id: values are at most 8 characters"
+                await wire.send_text(json.dumps({"type": "subscribe", "correlation_id": [str(i) for i in range(4)]}))
+                assert "correlation_id: at most 3" in (await read_event(wire))["error"]
+                [client] = list(manager)
+                assert client.subscription is not None and client.subscription.types == {"a", "b"}
+                assert client.subscription.run_ids is None and client.subscription.correlation_ids is None
+                manager.broadcast({"type": "b"})
+                assert (await read_event(wire))["type"] == "b"
+            # The same bounds at connect, answered before the upgrade.
+            async with await raw_connect(server.port) as wire:
+                response = await wire.request(handshake_request(ENDPOINT + "?types=a,b,c,d"))
+                assert response.status == 400 and b"types: at most 3" in response.body
+
+
+async def test_deeply_nested_json_is_not_a_control_message_and_the_connection_stays() -> None:
+    """A subscribe-looking message nested 100,000 deep must not raise RecursionError past the handler."""
+    comp = component()
+    manager = comp.manager
+    with anyio.fail_after(10):
+        async with serving(comp) as server:
+            async with await raw_connect(server.port) as wire:
+                await wire.handshake(ENDPOINT)
+                await read_hello(wire)
+                await wire.send_text('{"type":"subscribe","types":' + "[" * 100_000 + "]" * 100_000 + "}")
+                await wire.send_text(json.dumps({"type": "subscribe", "types": ["tick"]}))  # still served
+                await wait_until(lambda: [c.subscription.types if c.subscription else None for c in manager] == [{"tick"}])
+                manager.broadcast({"type": "tock"})
+                manager.broadcast({"type": "tick"})
+                assert (await read_event(wire))["type"] == "tick"
