@@ -336,6 +336,12 @@ class ServerProtocol:
                     self._fail_http(431, reason)
                     return [HTTPError(431, reason)]
                 headers = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers)
+                names = {k for k, _ in headers}
+                if "transfer-encoding" in names and "content-length" in names:
+                    # RFC 9112 6.1: the request-smuggling shape; two readers could frame it two ways.
+                    reason = "both Content-Length and Transfer-Encoding"
+                    self._fail_http(400, reason)
+                    return [HTTPError(400, reason)]
                 has_body = any(k == "transfer-encoding" or (k == "content-length" and v.strip() != "0") for k, v in headers)
                 request = self._make_request(
                     event.method.decode("latin-1"), event.target.decode("latin-1"), headers, event.http_version, has_body
@@ -434,6 +440,8 @@ class ServerProtocol:
         websocket, error = check_upgrade(method, first)
         if websocket and error is None and http_version != b"1.1":
             error = (400, "WebSocket upgrade requires HTTP/1.1")  # RFC 6455 4.2.1
+        if websocket and error is None and has_body:
+            error = (400, "a WebSocket upgrade request has no body")  # its bytes would be read as frames
         offered = tuple(
             ext.split(";", 1)[0].strip() for ext in first.get("sec-websocket-extensions", "").split(",") if ext.strip()
         )
@@ -477,7 +485,13 @@ class ServerProtocol:
         hdrs = list(headers or [])
         if not any(k.lower() == "content-length" for k, _ in hdrs):
             hdrs.append(("content-length", str(len(body))))
-        self.start_response(status, hdrs, close=close)
+        if self._body_open:
+            self._body_events()  # nobody reads this body: what has arrived is discarded
+            if self.state is State.CLOSED:  # it was malformed: the core's 400 answers it
+                self._pending = None
+                return
+        # A body still arriving would have to be read to find the next request: close instead, and say so.
+        self.start_response(status, hdrs, close=close or self._body_open)
         self.send_body(body)
         self.end_response()
 

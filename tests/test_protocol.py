@@ -19,6 +19,8 @@ from flockws.protocol import (
     Pong,
     ProtocolUsageError,
     Request,
+    RequestData,
+    RequestEnd,
     ServerProtocol,
     State,
     accept_token,
@@ -266,6 +268,76 @@ def test_request_body_is_discarded() -> None:
     proto.respond(404)
     [second] = proto.events()
     assert second.path == "/y"
+
+
+def test_a_request_body_streams_as_events_and_a_streamed_response_keeps_the_connection() -> None:
+    proto = ServerProtocol()
+    head = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    proto.receive_data(head + b"3\r\nabc\r\n")
+    [request] = proto.events()
+    assert request.has_body and request.method == "POST"
+    assert proto.events() == [RequestData(b"abc")]
+    assert proto.events() == []  # nothing more has arrived
+    proto.receive_data(b"2\r\nde\r\n0\r\n\r\n" + http_request("GET", "/next"))
+    assert proto.events() == [RequestData(b"de"), RequestEnd()]
+    proto.start_response(200, [("content-type", "text/plain")])
+    proto.send_body(b"hel")
+    proto.send_body(b"lo")
+    assert proto.responding and proto.events() == []  # the next request waits for the end
+    proto.end_response()
+    out = proto.data_to_send()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in out.lower()
+    assert out.endswith(b"3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n")
+    [second] = proto.events()
+    assert second.path == "/next" and not second.has_body
+
+
+def test_answering_before_the_body_has_all_arrived_closes_instead_of_reading_it() -> None:
+    proto = ServerProtocol()
+    proto.receive_data(http_request("POST", "/x", body=b"y" * 100)[:-50])
+    [request] = proto.events()
+    assert request.has_body
+    proto.respond(413, b"too big")
+    assert proto.state is State.CLOSED
+    assert b"connection: close" in proto.data_to_send().lower()
+
+
+def test_a_malformed_body_nobody_reads_still_ends_in_one_400() -> None:
+    proto = ServerProtocol()
+    proto.receive_data(b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+    [request] = proto.events()
+    proto.respond(404, b"no")  # must not raise on h11's error state
+    out = proto.data_to_send()
+    assert out.startswith(b"HTTP/1.1 400 ") and out.count(b"HTTP/1.1") == 1 and proto.state is State.CLOSED
+
+
+def test_head_response_carries_no_body() -> None:
+    proto = ServerProtocol()
+    proto.receive_data(http_request("HEAD", "/"))
+    proto.events()
+    proto.respond(200, b"0123456789")
+    out = proto.data_to_send()
+    assert b"content-length: 10" in out.lower() and out.endswith(b"\r\n\r\n")
+
+
+def test_content_length_with_transfer_encoding_is_400_and_closes() -> None:
+    """RFC 9112 6.1: the request-smuggling shape is refused, never framed one way or the other."""
+    for request in (
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        handshake_request("/plugin/ws", extra=[("Content-Length", "3"), ("Transfer-Encoding", "chunked")]),
+    ):
+        proto = ServerProtocol()
+        proto.receive_data(request)
+        assert proto.events() == [HTTPError(400, "both Content-Length and Transfer-Encoding")]
+        assert proto.data_to_send().startswith(b"HTTP/1.1 400 ")
+        assert proto.state is State.CLOSED and proto.events() == []
+
+
+def test_an_upgrade_with_a_body_is_refused() -> None:
+    proto = ServerProtocol()
+    proto.receive_data(handshake_request("/plugin/ws", extra=[("Content-Length", "3")]) + b"abc")
+    [request] = proto.events()
+    assert not request.websocket and request.upgrade_error == (400, "a WebSocket upgrade request has no body")
 
 
 def test_respond_close_flag() -> None:
