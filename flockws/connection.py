@@ -32,6 +32,8 @@ from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+import anyio
+
 from .asgi import APP, HTTPCycle, WebSocketCycle, make_cycle
 from .broadcast import Client, Subscription
 from .components import subscription_fields
@@ -127,6 +129,7 @@ class Connection(asyncio.Protocol):
         "close_code",
         "last_buffered",
         "cycle",
+        "hook",
     )
 
     def __init__(self, server: Server) -> None:
@@ -155,6 +158,7 @@ class Connection(asyncio.Protocol):
         self.close_code = CLOSE_ABNORMAL  # what the connection ended with, for the log
         self.last_buffered: int | None = None  # write buffer at the last deadline (progress check)
         self.cycle: HTTPCycle | WebSocketCycle | None = None  # a request the ASGI application answers
+        self.hook: anyio.CancelScope | None = None  # a task awaiting user code (a hook, on_message) for this connection
 
     # ------------------------------------------------------------ transport callbacks
 
@@ -201,6 +205,8 @@ class Connection(asyncio.Protocol):
             return  # asyncio reports a failed TLS handshake after _tls_failed already did
         self.lost = True
         self._cancel_deadline()
+        if self.hook is not None:
+            self.hook.cancel()
         self.inbox = None
         if self.cycle is not None:
             self.cycle.lost()
@@ -272,12 +278,17 @@ class Connection(asyncio.Protocol):
                 return
 
     async def _answer_later(self, request: Request) -> None:
-        try:
-            decision = await self.server._answer_later(request, self.host)
-        except Exception:
-            log.exception("answering %s %s failed", request.method, request.path)
-            decision = Response.text(500, "internal server error")
-        if self.lost:
+        # The hook's task ends with its connection (a hook that hangs past handshake_timeout
+        # must not outlive the connection it was deciding about).
+        with anyio.CancelScope() as scope:
+            self.hook = scope
+            try:
+                decision = await self.server._answer_later(request, self.host)
+            except Exception:
+                log.exception("answering %s %s failed", request.method, request.path)
+                decision = Response.text(500, "internal server error")
+        self.hook = None
+        if self.lost or scope.cancelled_caught:
             return
         self.busy = False
         try:
@@ -491,15 +502,17 @@ class Connection(asyncio.Protocol):
         assert client is not None and component is not None and component.on_message is not None
         on_message = component.on_message
         try:
-            while self.inbox and not self.lost:
-                data = self.inbox.pop(0)  # accepted before any close: handled even if one began since
-                try:
-                    await on_message(client, data)
-                except Exception:
-                    log.exception("on_message handler failed for %s", self.remote)
-                if self.read_paused and self.inbox is not None and len(self.inbox) <= INBOX_LIMIT // 2:
-                    self._process()  # what the pause left buffered; resumes reading if there is room
+            with anyio.CancelScope() as self.hook:  # a handler stuck past the connection's end is cancelled
+                while self.inbox and not self.lost:
+                    data = self.inbox.pop(0)  # accepted before any close: handled even if one began since
+                    try:
+                        await on_message(client, data)
+                    except Exception:
+                        log.exception("on_message handler failed for %s", self.remote)
+                    if self.read_paused and self.inbox is not None and len(self.inbox) <= INBOX_LIMIT // 2:
+                        self._process()  # what the pause left buffered; resumes reading if there is room
         finally:
+            self.hook = None
             self.inbox = None
             if not self.lost:
                 try:

@@ -293,3 +293,31 @@ async def test_a_failing_visible_hook_withholds_the_event_and_the_broadcast_goes
                 assert (await read_event(alice))["type"] == "tick"
                 assert len(manager) == 2
     assert any("visible() hook failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_hanging_authenticate_hook_ends_with_its_connection() -> None:
+    """handshake_timeout cuts the connection; the hook's task must not live on (one leaked task per attempt)."""
+    import asyncio
+
+    started = 0
+    ended = 0
+
+    async def hangs(request: Request, remote: str) -> Any:
+        nonlocal started, ended
+        started += 1
+        try:
+            await anyio.sleep_forever()
+        finally:
+            ended += 1
+
+    comp = WebSocketServerComponent(WebSocketComponentConfig(handshake_timeout=0.2), authenticate=hangs)
+    with anyio.fail_after(20):
+        async with serving(comp) as server:
+            baseline = len(asyncio.all_tasks())
+            for _ in range(20):
+                async with await raw_connect(server.port) as wire:
+                    await wire.send(handshake_request(ENDPOINT))
+                    await wire.read_eof()  # cut off by handshake_timeout
+            await wait_until(lambda: ended == started == 20)
+            await wait_until(lambda: len(asyncio.all_tasks()) <= baseline)
+            assert server.stats()["connections"] == 0

@@ -924,3 +924,27 @@ async def test_ipv6_loopback() -> None:
                 assert await ws.recv() == "v6"
     finally:
         await server_cm.__aexit__(None, None, None)
+
+
+async def test_an_on_message_handler_stuck_past_the_connections_end_is_cancelled() -> None:
+    entered = anyio.Event()
+    cancelled = anyio.Event()
+
+    async def stuck(client: Client, data: str | bytes) -> None:
+        entered.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            cancelled.set()
+            raise
+
+    comp = WebSocketServerComponent(WebSocketComponentConfig(close_timeout=0.3), on_message=stuck)
+    with anyio.fail_after(10):
+        async with Server([comp], port=0) as server:
+            async with ws_connect(server.url("/plugin/ws"), proxy=None) as ws:
+                await ws.recv()  # hello
+                await ws.send("hi")
+                await entered.wait()
+            # The client closed: its close reply waits for the handler, for close_timeout at most;
+            # then the connection is aborted, and its stuck handler ends with it.
+            await cancelled.wait()
