@@ -400,9 +400,14 @@ class Server:
         return response
 
     def _endpoint_route(self, path: str, name: str) -> WebSocketServerComponent | None:
-        """The endpoint whose ``{prefix}stats`` / ``{prefix}metrics`` this path is."""
+        """The endpoint whose ``{prefix}stats`` / ``{prefix}metrics`` this path is.
+
+        With an application mounted, an endpoint at the root prefix (the stock Flock
+        dashboard's ``/ws``) has none: ``/stats`` and ``/metrics`` are the application's.
+        """
         for component in self.websockets:
-            if path == component.config.prefix.rstrip("/") + "/" + name:
+            prefix = component.config.prefix.rstrip("/")
+            if path == prefix + "/" + name and (prefix or self.app is None):
                 return component
         return None
 
