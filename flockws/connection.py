@@ -38,7 +38,7 @@ from .asgi import APP, HTTPCycle, WebSocketCycle, make_cycle
 from .broadcast import Client, Subscription
 from .components import subscription_fields
 from .http import Response
-from .protocol import CLOSE_ABNORMAL, CLOSE_POLICY, Closed, HTTPError, Message, Pong, Request, ServerProtocol, State
+from .protocol import CLOSE_ABNORMAL, CLOSE_POLICY, Closed, HTTPError, Message, Ping, Pong, Request, ServerProtocol, State
 
 if TYPE_CHECKING:
     from .components import WebSocketServerComponent
@@ -51,6 +51,7 @@ REPLAY_CHUNK = 256 * 1024  # resumed history goes out in writes of about this si
 INBOX_LIMIT = 64  # inbound messages waiting for on_message before reading pauses
 LINGER_TIMEOUT = 2.0  # at most this long draining a peer after a closing response
 FLUSH_SLICE = 0.002  # seconds of writes before the flusher lets the loop run
+FRAME_BUDGET = 256  # inbound frames parsed per connection per turn of the loop
 
 
 class Flusher:
@@ -130,6 +131,7 @@ class Connection(asyncio.Protocol):
         "last_buffered",
         "cycle",
         "hook",
+        "turn_pending",
     )
 
     def __init__(self, server: Server) -> None:
@@ -159,6 +161,7 @@ class Connection(asyncio.Protocol):
         self.last_buffered: int | None = None  # write buffer at the last deadline (progress check)
         self.cycle: HTTPCycle | WebSocketCycle | None = None  # a request the ASGI application answers
         self.hook: anyio.CancelScope | None = None  # a task awaiting user code (a hook, on_message) for this connection
+        self.turn_pending = False  # input left by the frame budget waits for a loop turn
 
     # ------------------------------------------------------------ transport callbacks
 
@@ -423,17 +426,18 @@ class Connection(asyncio.Protocol):
                 room = INBOX_LIMIT - (len(self.inbox) if self.inbox is not None else 0)
                 if room <= 0:
                     break
-            events = proto.events(room)
+            before = proto.frames_in
+            events = proto.events(room, FRAME_BUDGET)
             parsed = 0
+            counted = 0
             for event in events:
+                if isinstance(event, Message | Ping | Pong):
+                    counted += 1
+                    self._charge(1)
                 if isinstance(event, Message):
                     parsed += 1
                     if client.closing:
                         continue  # a close is under way: what the peer sends now is not acted on
-                    if self.bucket is not None and not self.bucket.allow(monotonic()):
-                        log.info("closing %s: inbound rate limit exceeded", self.remote)
-                        client.close(CLOSE_POLICY, "rate limit exceeded", discard_queued=True)
-                        continue
                     if component.handle_control(client, event.data):
                         continue
                     if component.on_message is not None:
@@ -442,6 +446,11 @@ class Connection(asyncio.Protocol):
                     client.awaiting_pong = False
                 elif isinstance(event, Closed):
                     closed = event
+            # Fragments and parts of frames count too: a peer sending empty continuations
+            # as fast as it can is held to the same rate as one sending messages.
+            self._charge(proto.frames_in - before - counted)
+            if closed is None and proto.backlog:
+                break  # the frame budget ran out (see below)
             if closed is not None or room is None or parsed < room:
                 break
             # The batch stopped at the inbox's room, but some of it never reached the inbox
@@ -450,11 +459,17 @@ class Connection(asyncio.Protocol):
         if closed is None:
             if out:  # pongs: before the handler's answers to this read's messages
                 client.push(out, control=True)
-            if component.on_message is not None:
-                if self.inbox is not None and len(self.inbox) >= INBOX_LIMIT:
-                    self._pause_reading()
-                elif self.read_paused:
-                    self._resume_reading()
+            if proto.backlog:
+                # The frame budget ran out: the rest is parsed on this connection's next turn,
+                # after every other connection has had its own (reading pauses meanwhile).
+                self._pause_reading()
+                if not self.turn_pending:
+                    self.turn_pending = True
+                    self.server.flusher.loop.call_soon(self._next_turn)
+            elif component.on_message is not None and self.inbox is not None and len(self.inbox) >= INBOX_LIMIT:
+                self._pause_reading()
+            elif self.read_paused:  # the inbox or the budget paused it; neither holds now
+                self._resume_reading()
             return
         self.closed_cleanly = closed.by_peer
         self.close_code = closed.code
@@ -465,6 +480,21 @@ class Connection(asyncio.Protocol):
             self._deadline(component.config.close_timeout, self.abort)
         else:
             self._finish(out)
+
+    def _charge(self, frames: int) -> None:
+        """Spend the inbound rate limit for ``frames`` parsed frames; close 1008 when it runs out."""
+        client = self.client
+        if frames <= 0 or self.bucket is None or client is None or client.closing:
+            return
+        if not self.bucket.allow(monotonic(), frames):
+            log.info("closing %s: inbound rate limit exceeded", self.remote)
+            client.close(CLOSE_POLICY, "rate limit exceeded", discard_queued=True)
+
+    def _next_turn(self) -> None:
+        """Parse on what the frame budget left buffered (see ``_ws_events``)."""
+        self.turn_pending = False
+        if not self.lost and self.client is not None and not self.lingering:
+            self._process()
 
     def _finish(self, out: bytes) -> None:
         """The WebSocket is closed in the core: write what is queued and the last frames, then close."""

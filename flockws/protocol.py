@@ -216,7 +216,7 @@ class ServerProtocol:
 
     __slots__ = (
         "max_message_size", "max_header_size", "state", "_h11", "_buf", "_buf_eof", "_head_end",
-        "_upgraded", "_ws", "_out", "_pending", "_answering", "_body_open", "_parts", "_size", "_eof",
+        "_upgraded", "_ws", "_out", "_pending", "_answering", "_body_open", "_msg", "_frames", "_eof", "backlog", "frames_in",
     )
 
     def __init__(
@@ -242,8 +242,10 @@ class ServerProtocol:
         self._pending: Request | None = None  # a request awaiting accept()/respond()/start_response()
         self._answering: Request | None = None  # a streamed response is under way for this request
         self._body_open = False  # the current request's body has not ended yet
-        self._parts: list[str | bytes] | None = None  # fragments of a message still arriving
-        self._size = 0
+        self._msg: bytearray | None = None  # a fragmented message still arriving, as bytes
+        self._frames = 0  # its frames so far
+        self.backlog = False  # the last events() call stopped at its frame budget: more input waits
+        self.frames_in = 0  # WebSocket frames (and parts of frames) parsed so far, control frames included
         self._eof = False  # the peer ended the stream; reported after the bytes before it
 
     # -------------------------------------------------------- input/output
@@ -272,12 +274,14 @@ class ServerProtocol:
             if ws.state in (WSState.OPEN, WSState.LOCAL_CLOSING):
                 ws.receive_data(data)
 
-    def events(self, max_messages: int | None = None) -> list[Event]:
+    def events(self, max_messages: int | None = None, max_frames: int | None = None) -> list[Event]:
         """Events produced by the data fed so far.
 
         With ``max_messages``, parsing stops after that many messages; the rest
         stays buffered for the next call (so a caller whose handler is behind
-        holds at most that many, whatever one read brought).
+        holds at most that many, whatever one read brought).  ``max_frames``
+        bounds the frames parsed in one call, whatever their size (a budget per
+        turn of the caller's loop).  ``backlog`` then says more is buffered.
         """
         if self.state is State.CLOSED:
             return []
@@ -285,7 +289,7 @@ class ServerProtocol:
             return self._http_events()
         if self._ws is None and not self._eof:
             return []  # nothing received since the 101
-        return self._ws_events(max_messages)
+        return self._ws_events(max_messages, max_frames)
 
     @property
     def has_partial_request(self) -> bool:
@@ -602,30 +606,22 @@ class ServerProtocol:
             self._ws = WSConnection(ConnectionType.SERVER)
         return self._ws
 
-    def _ws_events(self, max_messages: int | None = None) -> list[Event]:
+    def _ws_events(self, max_messages: int | None = None, max_frames: int | None = None) -> list[Event]:
         ws = self._ws_connection()
         result: list[Event] = []
         messages = 0
+        frames = 0
+        self.backlog = False
         for event in itertools.chain(ws.events(), self._eof_events(ws)):
             if isinstance(event, TextMessage | BytesMessage):
                 if self.state is not State.OPEN:
                     continue  # data after our close is read and ignored (RFC 6455 5.5.1)
-                self._size += len(event.data) if isinstance(event, BytesMessage) else len(event.data.encode())
-                if self._size > self.max_message_size:
-                    result.append(self._fail(CLOSE_TOO_BIG, "message too big"))
+                message = self._message_part(event)
+                if isinstance(message, Closed):
+                    result.append(message)
                     break
-                if not event.message_finished:
-                    if self._parts is None:
-                        self._parts = []
-                    self._parts.append(event.data)
-                else:
-                    data = event.data if isinstance(event, TextMessage) else bytes(event.data)
-                    if self._parts is not None:
-                        self._parts.append(data)
-                        data = "".join(self._parts) if isinstance(event, TextMessage) else b"".join(self._parts)  # type: ignore[arg-type]
-                        self._parts = None
-                    self._size = 0
-                    result.append(Message(data))
+                if message is not None:
+                    result.append(message)
                     messages += 1
                     if messages == max_messages:
                         break  # the rest stays in wsproto's buffer until the next call
@@ -638,7 +634,44 @@ class ServerProtocol:
             elif isinstance(event, CloseConnection):
                 result.append(self._on_close(ws, event))
                 break
+            frames += 1
+            self.frames_in += 1
+            if frames == max_frames:
+                # A budget per call: a peer sending tiny frames as fast as it can gets its turn
+                # like everyone else; the rest stays buffered for the caller's next turn.
+                self.backlog = True
+                break
         return result
+
+    def _message_part(self, event: TextMessage | BytesMessage) -> Message | Closed | None:
+        """Account one frame (or part of one) of a message: the message when complete, a 1009, or None.
+
+        A fragmented message is gathered as bytes in one buffer, so its memory is
+        its size whatever the fragments; the fragments themselves are bounded too
+        (``max_message_size // 16``, at least 64), so a message of empty
+        continuation frames cannot go on for ever.
+        """
+        data = event.data
+        if self._msg is None and event.message_finished:  # the common case: a message in one piece
+            size = len(data) if isinstance(event, BytesMessage) else len(data.encode())  # type: ignore[union-attr]
+            if size > self.max_message_size:
+                return self._fail(CLOSE_TOO_BIG, "message too big")
+            return Message(data if isinstance(event, TextMessage) else bytes(data))
+        if self._msg is None:
+            self._msg = bytearray()
+            self._frames = 0
+        self._msg += data.encode() if isinstance(event, TextMessage) else data
+        if event.frame_finished:
+            self._frames += 1
+        if len(self._msg) > self.max_message_size:
+            return self._fail(CLOSE_TOO_BIG, "message too big")
+        if self._frames > max(self.max_message_size // 16, 64):
+            return self._fail(CLOSE_TOO_BIG, "message in too many fragments")
+        if not event.message_finished:
+            return None
+        buffer, self._msg = self._msg, None
+        # UTF-8 was checked as it streamed (wsproto fails fast with 1007), so this decode cannot fail.
+        return Message(buffer.decode() if isinstance(event, TextMessage) else bytes(buffer))
 
     def _eof_events(self, ws: WSConnection) -> Iterator[object]:
         if self._eof and ws.state in (WSState.OPEN, WSState.LOCAL_CLOSING):
@@ -666,7 +699,7 @@ class ServerProtocol:
         if self.state is State.OPEN:
             self._out.append(self._ws.send(CloseConnection(code=code, reason=reason)))
         self.state = State.CLOSED
-        self._parts = None
+        self._msg = None
         return Closed(code, reason)
 
 

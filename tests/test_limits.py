@@ -254,3 +254,44 @@ async def test_total_pending_handshakes_are_bounded_across_addresses() -> None:
             assert server.refused_pending >= 40 - total
     for wire in holders:
         await wire.aclose()
+
+
+async def test_the_inbound_rate_limit_counts_pings_and_fragments_too() -> None:
+    """Empty pings or empty continuations are frames the server must parse: they spend the same budget."""
+    from wire import OP_PING
+
+    comp = WebSocketServerComponent(WebSocketComponentConfig(inbound_rate_limit=5, inbound_burst=50))
+    with anyio.fail_after(10):
+        async with serving(comp) as server:
+            for flood in (
+                build_frame(OP_PING, b"") * 500,
+                build_frame(OP_TEXT, b"", fin=False) + build_frame(OP_CONTINUATION, b"", fin=False) * 500,
+            ):
+                async with await raw_connect(server.port) as wire:
+                    await wire.handshake(ENDPOINT)
+                    await read_hello(wire)
+                    await wire.send(flood)
+                    close = None
+                    while close is None:  # pongs first, then the close
+                        frame = await wire.read_frame()
+                        if frame.opcode == 0x8:
+                            close = frame
+                    assert close.close_code == 1008
+
+
+async def test_a_flood_of_frames_in_one_read_is_parsed_over_several_turns_and_nothing_is_lost() -> None:
+    """The frame budget (256 per turn) defers the rest of a large read; every ping is still answered."""
+    from wire import OP_PING, OP_PONG
+
+    comp = component()
+    with anyio.fail_after(20):
+        async with serving(comp) as server:
+            async with await raw_connect(server.port) as wire:
+                await wire.handshake(ENDPOINT)
+                await read_hello(wire)
+                await wire.send(b"".join(build_frame(OP_PING, i.to_bytes(2, "big")) for i in range(5000)))
+                pongs = [await wire.read_frame() for _ in range(5000)]
+                assert all(p.opcode == OP_PONG for p in pongs)
+                assert [int.from_bytes(p.payload, "big") for p in pongs] == list(range(5000))
+                comp.manager.broadcast({"type": "after"})
+                assert (await read_event(wire))["type"] == "after"

@@ -667,3 +667,69 @@ def test_encode_message_fragments_and_close_reason_cut() -> None:
         assert len(frame.payload) == size
     close = only_close(encode_close(1000, "é" * 100))
     assert len(close.payload) <= 125 and close.close_reason == "é" * 61
+
+
+# ---------------------------------------------------------------- budgets against tiny-frame floods
+
+
+def test_a_message_of_tiny_fragments_costs_its_size_not_a_list_of_pieces() -> None:
+    """Small fragments once cost a Python object each (~10 MiB for a 1 MiB message of 2-byte ones);
+    now a fragmented message is one bytes buffer, and fragments under 16 bytes on average end in 1009."""
+    import tracemalloc
+
+    size = 1 << 20
+    piece = b"0123456789abcdef"
+    proto = open_protocol(max_message_size=size)
+    frames = size // len(piece)  # 65,536 fragments: exactly the bound (max_message_size // 16)
+    tracemalloc.start()
+    try:
+        proto.receive_data(build_frame(OP_TEXT, piece, fin=False))
+        sent = 1
+        while sent < frames:
+            count = min(1024, frames - sent)
+            last = sent + count == frames
+            proto.receive_data(b"".join(build_frame(OP_CONTINUATION, piece, fin=last and i == count - 1) for i in range(count)))
+            sent += count
+            events = proto.events()
+            if not last:
+                assert events == []
+        [message] = events
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert message.data == piece.decode() * frames and proto.frames_in == frames
+    assert peak < 3 * size, peak
+    # One more fragment per message than the bound: 1009, whatever the size.
+    proto = open_protocol(max_message_size=size)
+    proto.receive_data(build_frame(OP_TEXT, b"ab", fin=False) + build_frame(OP_CONTINUATION, b"ab", fin=False) * frames)
+    assert [e for e in proto.events() if isinstance(e, Closed)] == [Closed(1009, "message in too many fragments")]
+
+
+def test_a_never_ending_message_of_empty_fragments_ends_in_1009() -> None:
+    proto = open_protocol(max_message_size=64 * 1024)
+    proto.receive_data(build_frame(OP_TEXT, b"", fin=False))
+    empty = build_frame(OP_CONTINUATION, b"", fin=False)
+    closed = []
+    for _ in range(10):  # 10 x 1,000 empty frames; the bound is 64 KiB // 16 = 4,096 frames
+        proto.receive_data(empty * 1000)
+        closed = [e for e in proto.events() if isinstance(e, Closed)]
+        if closed:
+            break
+    assert closed == [Closed(1009, "message in too many fragments")]
+    assert only_close(proto.data_to_send()).close_code == 1009
+
+
+def test_the_frame_budget_parses_a_flood_over_several_calls_losing_nothing() -> None:
+    proto = open_protocol()
+    proto.receive_data(build_frame(OP_PING, b"") * 1000)
+    seen = 0
+    calls = 0
+    while True:
+        events = proto.events(max_frames=256)
+        assert len(events) <= 256
+        seen += len(events)
+        calls += 1
+        if not proto.backlog:
+            break
+    assert seen == 1000 and calls == 4
+    assert len(frames_of(proto.data_to_send())) == 1000  # every ping answered
