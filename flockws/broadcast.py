@@ -54,6 +54,12 @@ class Waker(Protocol):
     def set(self) -> None: ...
 
 
+class Writer(Protocol):
+    def write_now(self) -> bool:
+        """Write what is queued now if the socket takes it; True if the queue is then empty."""
+        ...
+
+
 class Subscription:
     """What a client narrowed its stream to: event types, correlation ids, run ids.
 
@@ -127,6 +133,7 @@ class Client:
         "manager",
         "replay",
         "subscription",
+        "writer",
         "__weakref__",
     )
 
@@ -148,6 +155,9 @@ class Client:
         # the queue bound; the writer drains them first.
         self.replay: list[bytes] = []
         self.subscription: Subscription | None = None
+        # The I/O layer's writer: asked to write before a full queue is judged slow, so a
+        # publisher's burst is not mistaken for a client that does not read.
+        self.writer: Writer | None = None
 
     def __repr__(self) -> str:
         return f"<Client {self.remote} {self.path} queued={len(self.queue)}>"
@@ -171,13 +181,18 @@ class Client:
         m = self.manager
         if self.queue and (
             self.queued_bytes + len(data) > m.queue_max_bytes or len(self.queue) >= m.queue_max_messages
-        ):
+        ) and not self.written_now():
             m.drop(self, *SLOW_CONSUMER)
             return False
         self.queue.append(data)
         self.queued_bytes += len(data)
         self._wake()
         return True
+
+    def written_now(self) -> bool:
+        """Whether what is queued could be written at once (a slow consumer is one whose socket cannot take it)."""
+        writer = self.writer
+        return writer is not None and writer.write_now()
 
     def send(self, message: str | bytes | Mapping[str, Any]) -> bool:
         """Send one message to this client only (same bounds as broadcasts)."""
@@ -449,7 +464,7 @@ class WebSocketManager:
         slow: list[Client] | None = None
         for client in clients:
             queue = client.queue
-            if queue and (client.queued_bytes + size > max_bytes or len(queue) >= max_messages):
+            if queue and (client.queued_bytes + size > max_bytes or len(queue) >= max_messages) and not client.written_now():
                 if slow is None:
                     slow = []
                 slow.append(client)

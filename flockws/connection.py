@@ -395,6 +395,7 @@ class Connection(asyncio.Protocol):
         # Synchronous from the limit checks to here: concurrent handshakes cannot
         # all pass max_connections / the per-address limit.
         last = _int_or_none(query.get("last", [None])[0]) if since is None else None
+        client.writer = self
         manager.attach(client, since=since, epoch=epoch, subscription=subscription, last=last)
         self.server._websocket_opened(self, component)
         self.client = client
@@ -562,6 +563,18 @@ class Connection(asyncio.Protocol):
         if not self.scheduled:
             self.scheduled = True
             self.server.flusher.add(self)
+
+    def write_now(self) -> bool:
+        """The broadcaster's question before it judges a full queue: can the socket take it now?
+
+        Yes unless the transport is paused (its buffer is past the high-water mark, so the
+        peer is not reading as fast as it is sent to), before or while what is owed is written.
+        """
+        client = self.client
+        if client is None or self.paused or self.lost or self.lingering:
+            return False
+        self.flush()
+        return not client.queue
 
     def flush(self) -> None:
         """Write what the client is owed: replay first, then the queue, then a requested close."""

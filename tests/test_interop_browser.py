@@ -107,8 +107,8 @@ def closes_seen_by_server(monkeypatch: pytest.MonkeyPatch) -> list[protocol_modu
     seen: list[protocol_module.Closed] = []
     events = protocol_module.ServerProtocol.events
 
-    def spying_events(self: protocol_module.ServerProtocol, max_messages: int | None = None) -> list[Any]:
-        result = events(self, max_messages)
+    def spying_events(self: protocol_module.ServerProtocol, *args: Any, **kwargs: Any) -> list[Any]:
+        result = events(self, *args, **kwargs)
         seen.extend(e for e in result if isinstance(e, protocol_module.Closed))
         return result
 

@@ -948,3 +948,29 @@ async def test_an_on_message_handler_stuck_past_the_connections_end_is_cancelled
             # The client closed: its close reply waits for the handler, for close_timeout at most;
             # then the connection is aborted, and its stuck handler ends with it.
             await cancelled.wait()
+
+
+async def test_a_publishers_burst_does_not_drop_a_client_that_reads_but_a_stalled_one_is_dropped() -> None:
+    """20 x 64 KiB in one turn (over queue_max_bytes) once dropped a reading client with 1013.
+
+    A slow consumer is one whose socket cannot take what it is sent: the queue is
+    written out before it is judged, so only the client that does not read goes.
+    """
+    comp = WebSocketServerComponent()
+    manager = comp.manager
+    payload = "x" * (64 * 1024)
+    with anyio.fail_after(20):
+        async with Server([comp], port=0) as server:
+            async with ws_connect(server.url("/plugin/ws"), proxy=None, max_size=None, max_queue=None) as reader:
+                await reader.recv()  # hello
+                stalled = await WireClient.connect("127.0.0.1", server.port, rcvbuf=4096)
+                async with stalled:
+                    await stalled.handshake("/plugin/ws")
+                    for burst in range(20):  # until the kernel's buffers for the stalled one are full
+                        for i in range(20):  # one synchronous burst: 1.25 MiB in one turn of the loop
+                            manager.broadcast({"type": "big", "burst": burst, "i": i, "payload": payload})
+                        got = [json.loads(await reader.recv()) for _ in range(20)]
+                        assert [(e["burst"], e["i"]) for e in got] == [(burst, i) for i in range(20)]
+                        if manager.dropped_slow:
+                            break
+                    assert manager.dropped_slow == 1 and len(manager) == 1  # the stalled one, and only it
