@@ -25,6 +25,7 @@ import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import h11
 from wsproto.connection import Connection as WSConnection
@@ -170,7 +171,7 @@ def _tokens(value: str | None) -> set[str]:
     return {part.strip().lower() for part in value.split(",")}
 
 
-def check_upgrade(method: str, headers: dict[str, str]) -> tuple[bool, tuple[int, str] | None]:
+def check_upgrade(method: str, headers: dict[str, str], repeated: set[str] | frozenset[str] = frozenset()) -> tuple[bool, tuple[int, str] | None]:
     """Classify a request: (is a WebSocket upgrade attempt, error or None).
 
     RFC 6455 section 4.2.1.  A request without ``Upgrade: websocket`` is plain
@@ -186,6 +187,8 @@ def check_upgrade(method: str, headers: dict[str, str]) -> tuple[bool, tuple[int
     key = headers.get("sec-websocket-key")
     if key is None:
         return True, (400, "missing Sec-WebSocket-Key")
+    if "sec-websocket-key" in repeated:  # single-valued (RFC 6455 11.3.1): a repeat is malformed
+        return True, (400, "duplicate Sec-WebSocket-Key")
     try:
         decoded = base64.b64decode(key.strip(), validate=True)
     except (binascii.Error, ValueError):
@@ -195,7 +198,7 @@ def check_upgrade(method: str, headers: dict[str, str]) -> tuple[bool, tuple[int
     version = headers.get("sec-websocket-version")
     if version is None:
         return True, (400, "missing Sec-WebSocket-Version")
-    if version.startswith("\0"):  # repeated (see _make_request): malformed, not another version
+    if "sec-websocket-version" in repeated:  # malformed, not another version to negotiate (no 426)
         return True, (400, "duplicate Sec-WebSocket-Version")
     if version.strip() != "13":
         return True, (426, "unsupported Sec-WebSocket-Version; this server speaks 13")
@@ -216,7 +219,7 @@ class ServerProtocol:
 
     __slots__ = (
         "max_message_size", "max_header_size", "state", "_h11", "_buf", "_buf_eof", "_head_end",
-        "_upgraded", "_ws", "_out", "_pending", "_answering", "_body_open", "_msg", "_frames", "_eof", "backlog", "frames_in",
+        "_ws", "_out", "_pending", "_answering", "_body_open", "_msg", "_frames", "_eof", "backlog", "frames_in",
     )
 
     def __init__(
@@ -234,7 +237,6 @@ class ServerProtocol:
         self._buf = bytearray()
         self._buf_eof = False
         self._head_end = 0  # a request parsed by the fast path ends here in _buf
-        self._upgraded = False
         # wsproto's connection is made when the peer first sends after the 101 (or we
         # close): most broadcast clients never send, and it costs ~1 KiB per client.
         self._ws: WSConnection | None = None
@@ -254,7 +256,7 @@ class ServerProtocol:
         """Feed bytes from the peer; ``b""`` means the peer closed its side."""
         if self.state is State.CLOSED:
             return
-        if not self._upgraded:
+        if self.state is State.HTTP:
             if self._h11 is None:
                 if not self._buf_eof:
                     self._buf += data
@@ -285,7 +287,7 @@ class ServerProtocol:
         """
         if self.state is State.CLOSED:
             return []
-        if not self._upgraded:
+        if self.state is State.HTTP:
             return self._http_events()
         if self._ws is None and not self._eof:
             return []  # nothing received since the 101
@@ -294,14 +296,14 @@ class ServerProtocol:
     @property
     def has_partial_request(self) -> bool:
         """True while part of an HTTP request has arrived (for idle vs. slow-handshake timeouts)."""
-        if self._upgraded or self.state is not State.HTTP:
+        if self.state is not State.HTTP:
             return False
         return bool(self._buf) if self._h11 is None else bool(self._h11.trailing_data[0])
 
     @property
     def buffered_input(self) -> int:
         """Bytes received in the HTTP phase and not yet parsed (pipelined requests wait here)."""
-        if self._upgraded:
+        if self.state is not State.HTTP:
             return 0
         return len(self._buf) if self._h11 is None else len(self._h11.trailing_data[0])
 
@@ -434,14 +436,15 @@ class ServerProtocol:
     ) -> Request:
         """A Request from a decoded head (header names lower-cased), whichever parser read it."""
         first: dict[str, str] = {}
+        repeated: set[str] = set()
         for key, value in headers:
             if key in first and key in ("connection", "upgrade", "sec-websocket-extensions"):
                 first[key] += ", " + value  # list-valued headers may be split over lines
-            elif key in first and key.startswith("sec-websocket-"):
-                first[key] = "\0duplicate"  # a repeated single-valued header is malformed
+            elif key in first:
+                repeated.add(key)
             else:
-                first.setdefault(key, value)
-        websocket, error = check_upgrade(method, first)
+                first[key] = value
+        websocket, error = check_upgrade(method, first, repeated)
         if websocket and error is None and http_version != b"1.1":
             error = (400, "WebSocket upgrade requires HTTP/1.1")  # RFC 6455 4.2.1
         if websocket and error is None and has_body:
@@ -464,7 +467,7 @@ class ServerProtocol:
         # h11 refuses to send after a remote error; build the response by hand.
         body = (reason + "\n").encode()
         self._out.append(
-            f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}\r\n"
+            f"HTTP/1.1 {status} {_phrase(status)}\r\n"
             f"content-type: text/plain; charset=utf-8\r\ncontent-length: {len(body)}\r\n"
             "connection: close\r\n\r\n".encode()
             + body
@@ -518,7 +521,7 @@ class ServerProtocol:
         if close:
             hdrs.append(("connection", "close"))
         self._answering = request
-        self._out.append(self._h11.send(h11.Response(status_code=status, headers=hdrs, reason=_PHRASES.get(status, "").encode())) or b"")
+        self._out.append(self._h11.send(h11.Response(status_code=status, headers=hdrs, reason=_phrase(status).encode())) or b"")
 
     def send_body(self, data: bytes) -> None:
         """Part of the streamed response's body (dropped for a HEAD request, as HTTP requires)."""
@@ -579,7 +582,6 @@ class ServerProtocol:
         else:
             trailing, closed = self._h11.trailing_data
         self._buf = bytearray()
-        self._upgraded = True
         if trailing:  # frames sent right behind the request
             self._ws = WSConnection(ConnectionType.SERVER, trailing_data=bytes(trailing))
         self._eof = closed  # the client may have ended the stream right after its request
@@ -596,7 +598,7 @@ class ServerProtocol:
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Start the closing handshake (server-initiated close)."""
-        if not self._upgraded or self.state is not State.OPEN:
+        if self.state is not State.OPEN:
             return
         self._out.append(self._ws_connection().send(CloseConnection(code=code, reason=reason)))
         self.state = State.CLOSING
@@ -708,29 +710,9 @@ def _head_size(event: h11.Request) -> int:
     return len(event.method) + len(event.target) + 12 + sum(len(k) + len(v) + 4 for k, v in event.headers) + 2
 
 
-_PHRASES = {
-    200: "OK",
-    201: "Created",
-    202: "Accepted",
-    206: "Partial Content",
-    301: "Moved Permanently",
-    302: "Found",
-    307: "Temporary Redirect",
-    308: "Permanent Redirect",
-    401: "Unauthorized",
-    409: "Conflict",
-    413: "Content Too Large",
-    422: "Unprocessable Content",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    204: "No Content",
-    304: "Not Modified",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    426: "Upgrade Required",
-    431: "Request Header Fields Too Large",
-    503: "Service Unavailable",
-}
+def _phrase(status: int) -> str:
+    """The standard reason phrase (the stdlib's table: 401, 429, 500 and the rest), or a generic one."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error" if status >= 400 else "OK"
