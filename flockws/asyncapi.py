@@ -15,6 +15,8 @@ binding describes the handshake's query parameters (``since``, ``epoch``,
 
 from __future__ import annotations
 
+from .version import __version__
+
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -158,7 +160,6 @@ def build_document(
     ``host`` (``"127.0.0.1:8000"``) adds a ``servers`` entry; without it the
     document describes paths only, valid for whichever host serves it.
     """
-    from . import __version__
     from .components import WebSocketServerComponent
 
     sockets = [c for c in components if isinstance(c, WebSocketServerComponent)]

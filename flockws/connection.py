@@ -8,12 +8,21 @@ cost 154 µs and 3.4 KiB.  A broadcast server holds many idle connections, so
 this layer keeps none of the per-connection machinery of tasks, cancel scopes
 or events: bytes arrive in :meth:`Connection.data_received`, the core
 (:class:`~flockws.protocol.ServerProtocol`) turns them into events, and what is
-queued for the client is written from one :class:`Flusher` per server.
+queued for the client is written from one :class:`Flusher` per server.  The
+same class serves any anyio byte stream too (:mod:`flockws.streams`).
 
-Tasks appear only where user code must be awaited: an ``authenticate`` hook
-or a component's ``handle_http`` (one task per such request), and an
-``on_message`` handler (one task per connection while it has messages to
-handle).  They run in the server's task group, so shutdown cancels them.
+A connection's life is an explicit state machine (:class:`Phase`), with at
+most one deadline per phase (:data:`DEADLINES`).  What to do at the end (close
+at once, or half-close and drain) is the core's decision
+(``ServerProtocol.lingers``); the per-client application state (inbox, rate
+limit, control messages, a held close) is a :class:`~flockws.session.Session`.
+The server is reached only through the :class:`Host` interface.
+
+Tasks appear only where user code must be awaited: a hook or a component's
+``handle_http`` (one task per such request), an ``on_message`` handler (one
+task per connection while it has messages), and an ASGI application's cycle.
+They run in the server's task group, so shutdown cancels them, and a task
+awaiting user code for a connection ends with that connection.
 
 Every byte the connection sends goes through ``transport.write`` in queue
 order: the 101, owed replay, broadcast frames and control frames (pong, close)
@@ -25,11 +34,13 @@ which releases everything the connection holds.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import ssl as ssl_module
 from collections import deque
-from time import monotonic, perf_counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
 import anyio
@@ -38,20 +49,68 @@ from .asgi import APP, HTTPCycle, WebSocketCycle, make_cycle
 from .broadcast import Client, Subscription
 from .components import subscription_fields
 from .http import Response
-from .protocol import CLOSE_ABNORMAL, CLOSE_POLICY, Closed, HTTPError, Message, Ping, Pong, Request, ServerProtocol, State
+from .protocol import CLOSE_ABNORMAL, Closed, HTTPError, Message, Ping, Pong, Request, ServerProtocol, State
+from .session import Session
 
 if TYPE_CHECKING:
+    from .asgi import ASGIApp
     from .components import WebSocketServerComponent
-    from .limits import TokenBucket
-    from .server import Server
 
 log = logging.getLogger("flockws")
 
 REPLAY_CHUNK = 256 * 1024  # resumed history goes out in writes of about this size
-INBOX_LIMIT = 64  # inbound messages waiting for on_message before reading pauses
-LINGER_TIMEOUT = 2.0  # at most this long draining a peer after a closing response
+LINGER_TIMEOUT = 2.0  # at most this long draining a peer after a closing HTTP response
 FLUSH_SLICE = 0.002  # seconds of writes before the flusher lets the loop run
 FRAME_BUDGET = 256  # inbound frames parsed per connection per turn of the loop
+REQUEST_BUDGET = 16  # pipelined HTTP requests answered per connection per turn of the loop
+
+Decision = Response | tuple["WebSocketServerComponent", Any] | Any  # Any: asgi.APP
+
+
+class Host(Protocol):
+    """What a connection needs of its server: the narrow, public interface between the two."""
+
+    flusher: Flusher
+    handshake_timeout: float
+    close_timeout: float
+    max_header_size: int
+    ssl: ssl_module.SSLContext | None
+    app: ASGIApp | None
+    stopping: bool
+
+    @property
+    def app_state(self) -> dict[str, Any]: ...
+    def spawn(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None: ...
+    def admit(self, connection: Connection) -> bool: ...
+    def handshake_done(self, connection: Connection) -> None: ...
+    def websocket_opened(self, connection: Connection, component: WebSocketServerComponent) -> None: ...
+    def connection_closed(self, connection: Connection) -> None: ...
+    def route_now(self, request: Request, host: str) -> Decision | None: ...
+    async def route(self, request: Request, host: str) -> Decision: ...
+    def count_failure(self, reason: str) -> None: ...
+
+
+class Phase(enum.Enum):
+    """The life of a connection.  Each phase has at most one deadline (:data:`DEADLINES`)."""
+
+    TLS = "tls"  # the TLS handshake; input waits
+    REQUEST = "request"  # reading a request head, or idle between kept-alive requests
+    ANSWERING = "answering"  # a task awaits a hook or a component's handle_http; reading paused
+    APP = "app"  # the ASGI application answers the request, at its own pace
+    WEBSOCKET = "websocket"  # open; the heartbeat (if on) watches, not a deadline
+    CLOSING = "closing"  # a close is under way: our close frame is out, or a close reply waits for the handler
+    LINGERING = "lingering"  # a closing answer is out: half-closed, the peer's input is discarded
+    DONE = "done"  # connection_lost ran
+
+
+#: Which timeout bounds each phase (the Host's ``handshake_timeout`` / ``close_timeout``, or the linger).
+DEADLINES = {
+    Phase.TLS: "handshake",
+    Phase.REQUEST: "handshake",
+    Phase.ANSWERING: "handshake",  # the same deadline as the request it answers: a hook cannot extend it
+    Phase.CLOSING: "close",
+    Phase.LINGERING: "linger",
+}
 
 
 class Flusher:
@@ -100,68 +159,82 @@ class Flusher:
 class Connection(asyncio.Protocol):
     """One accepted TCP connection: HTTP requests until an upgrade, then a WebSocket.
 
-    It is also the client's waker: the broadcaster calls :meth:`set` when it
-    queues something, and the connection asks the server's flusher for a turn.
+    It is also the client's waker and writer: the broadcaster calls :meth:`set`
+    when it queues something (the connection asks the server's flusher for a
+    turn) and :meth:`write_now` before it judges a full queue.
     """
 
     __slots__ = (
         "server",
         "transport",
         "proto",
+        "phase",
         "host",
         "remote",
         "pending",
         "timer",
         "answered",
-        "busy",
         "client",
         "component",
-        "bucket",
-        "inbox",
-        "deferred",
+        "session",
+        "cycle",
+        "hook",
         "scheduled",
         "paused",
         "read_paused",
-        "lingering",
-        "lost",
+        "turn_pending",
         "tls",
-        "tls_pending",
-        "closed_cleanly",
         "close_code",
         "last_buffered",
-        "cycle",
-        "hook",
-        "turn_pending",
     )
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Host) -> None:
         self.server = server
         self.transport: Any = None
         self.proto: ServerProtocol | None = None
+        self.phase = Phase.REQUEST
         self.host = "?"
         self.remote = "?"
-        self.pending = False  # counted among the unfinished handshakes
-        self.timer: asyncio.TimerHandle | None = None  # handshake, close or linger deadline
+        self.pending = False  # counted by the server among the unfinished handshakes
+        self.timer: asyncio.TimerHandle | None = None  # the current phase's deadline
         self.answered = False  # some request on this connection was answered
-        self.busy = False  # a task is answering the current request
         self.client: Client | None = None  # set once the WebSocket is open
         self.component: WebSocketServerComponent | None = None
-        self.bucket: TokenBucket | None = None
-        self.inbox: list[str | bytes] | None = None  # messages waiting for on_message; a task drains it
-        self.deferred: bytes | None = None  # a close reply held until the inbox is handled
+        self.session: Session | None = None
+        self.cycle: HTTPCycle | WebSocketCycle | None = None  # a request the ASGI application answers
+        self.hook: anyio.CancelScope | None = None  # a task awaiting a hook for this connection
         self.scheduled = False  # waiting for a turn in the flusher
         self.paused = False  # the transport's buffer is full (pause_writing)
         self.read_paused = False
-        self.lingering = False  # a closing response or close frame is out; input is discarded
-        self.lost = False
+        self.turn_pending = False  # input left by the frame budget waits for a loop turn
         self.tls = False
-        self.tls_pending = False  # TLS handshake under way: input is buffered, not acted on
-        self.closed_cleanly = False  # the close handshake completed
         self.close_code = CLOSE_ABNORMAL  # what the connection ended with, for the log
         self.last_buffered: int | None = None  # write buffer at the last deadline (progress check)
-        self.cycle: HTTPCycle | WebSocketCycle | None = None  # a request the ASGI application answers
-        self.hook: anyio.CancelScope | None = None  # a task awaiting user code (a hook, on_message) for this connection
-        self.turn_pending = False  # input left by the frame budget waits for a loop turn
+
+    @property
+    def lost(self) -> bool:
+        return self.phase is Phase.DONE
+
+    # ------------------------------------------------------------ phases
+
+    def _enter(self, phase: Phase, *, rearm: bool = True) -> None:
+        """Move to ``phase`` and arm its deadline (``rearm=False`` keeps the running one)."""
+        self.phase = phase
+        if not rearm:
+            return
+        self._cancel_deadline()
+        kind = DEADLINES.get(phase)
+        server = self.server
+        if kind == "handshake":
+            self.last_buffered = None
+            self.timer = server.flusher.loop.call_later(server.handshake_timeout, self._handshake_timed_out)
+        elif kind == "close":
+            timeout = self.component.config.close_timeout if self.component is not None else server.close_timeout
+            self.timer = server.flusher.loop.call_later(timeout, self.abort)
+        elif kind == "linger":
+            self.last_buffered = None
+            delay = self.component.config.close_timeout if self.component is not None else min(LINGER_TIMEOUT, server.close_timeout)
+            self.timer = server.flusher.loop.call_later(delay, lambda: self._unless_sending(delay, self.abort))
 
     # ------------------------------------------------------------ transport callbacks
 
@@ -172,55 +245,59 @@ class Connection(asyncio.Protocol):
         if isinstance(peer, tuple):
             self.host = str(peer[0])
             self.remote = f"[{peer[0]}]:{peer[1]}" if ":" in self.host else f"{peer[0]}:{peer[1]}"
-        if not server._admit_connection(self):
-            transport.abort()
+        if not server.admit(self):
+            transport.abort()  # never served (no core): connection_lost still reports it to the server
             return
         self.proto = ServerProtocol(max_header_size=server.max_header_size)
-        self._deadline(server.handshake_timeout, self._handshake_timed_out)
         if server.ssl is not None:
-            self.tls = self.tls_pending = True
+            self.tls = True
+            self._enter(Phase.TLS)
             transport.pause_reading()  # the TLS handshake reads first (start_tls resumes)
-            server._spawn(self._start_tls)
+            server.spawn(self._start_tls)
+        else:
+            self._enter(Phase.REQUEST)
 
     def data_received(self, data: bytes) -> None:
-        if self.lingering or self.proto is None:
+        if self.phase in (Phase.LINGERING, Phase.DONE) or self.proto is None:
             return  # after a closing answer the peer's input is read and dropped
         self.proto.receive_data(data)
-        if not self.tls_pending:  # else: once start_tls hands us the TLS transport
+        if self.phase is not Phase.TLS:  # else: once start_tls hands us the TLS transport
             self._process()
 
     def eof_received(self) -> bool:
-        if self.lingering or self.proto is None:
+        if self.phase in (Phase.LINGERING, Phase.DONE) or self.proto is None:
             self.transport.close()
             return False
         if isinstance(self.cycle, HTTPCycle):
             self.cycle.lost()  # the application hears http.disconnect, as under uvicorn
             return False  # asyncio closes the transport
         self.proto.receive_data(b"")
-        if not self.tls_pending:
+        if self.phase is not Phase.TLS:
             self._process()
         # Keep the write side open: what is owed (a response, a close reply) goes out
         # before we close.  TLS transports cannot stay half-open.
         return not self.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.lost:
+        if self.phase is Phase.DONE:
             return  # asyncio reports a failed TLS handshake after _tls_failed already did
-        self.lost = True
+        self.phase = Phase.DONE
         self._cancel_deadline()
         if self.hook is not None:
             self.hook.cancel()
-        self.inbox = None
+        if self.session is not None:
+            self.session.end()
         if self.cycle is not None:
             self.cycle.lost()
         client = self.client
         if client is not None:
             client.closing = True
             client.waiter = None
+            client.writer = None
             client.manager.discard(client)
             code = client.close_request[0] if client.close_request else self.close_code
             log.info("close remote=%s path=%s code=%s", self.remote, client.path, code)
-        self.server._connection_lost(self)
+        self.server.connection_closed(self)
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -236,7 +313,7 @@ class Connection(asyncio.Protocol):
         elif self.cycle is not None:
             self.cycle.writable()
             self._process()
-        elif not self.busy and not self.lingering:
+        elif self.phase is Phase.REQUEST:
             self._resume_reading()
             self._process()  # requests that waited in the core's buffer
 
@@ -246,9 +323,9 @@ class Connection(asyncio.Protocol):
         try:
             if self.cycle is not None:
                 self.cycle.process()
-            elif self.client is None:
+            elif self.phase is Phase.REQUEST:
                 self._http_events()
-            else:
+            elif self.client is not None and self.phase in (Phase.WEBSOCKET, Phase.CLOSING):
                 self._ws_events()
         except Exception:
             log.exception("connection handler failed for %s", self.remote)
@@ -257,7 +334,12 @@ class Connection(asyncio.Protocol):
     def _http_events(self) -> None:
         proto = self.proto
         assert proto is not None
-        while not self.busy and not self.paused and self.client is None and not self.lingering and not self.lost:
+        answered = 0
+        while self.phase is Phase.REQUEST and not self.paused:
+            if answered == REQUEST_BUDGET:
+                # Pipelined requests get their turn like everyone else's (the rest waits in the core).
+                self._next_turn_later()
+                return
             events = proto.events()
             if not events:
                 if proto.state is State.CLOSED:
@@ -265,17 +347,18 @@ class Connection(asyncio.Protocol):
                 return
             event = events[0]
             if isinstance(event, Request):
-                decision = self.server._answer_now(event, self.host)
+                answered += 1
+                decision = self.server.route_now(event, self.host)
                 if decision is None:  # a hook must be awaited
-                    self.busy = True
+                    self._enter(Phase.ANSWERING, rearm=False)
                     self._pause_reading()
-                    self.server._spawn(self._answer_later, event)
+                    self.server.spawn(self._answer_later, event)
                     return
                 self._apply(event, decision)
             elif isinstance(event, HTTPError):
-                self.server._count_failure(f"http {event.status}")
+                self.server.count_failure(f"http {event.status}")
                 self.transport.write(proto.data_to_send())
-                self._linger()
+                self._end()
             else:  # Closed: the peer ended the stream between requests
                 self.transport.close()
                 return
@@ -286,26 +369,27 @@ class Connection(asyncio.Protocol):
         with anyio.CancelScope() as scope:
             self.hook = scope
             try:
-                decision = await self.server._answer_later(request, self.host)
+                decision = await self.server.route(request, self.host)
             except Exception:
                 log.exception("answering %s %s failed", request.method, request.path)
                 decision = Response.text(500, "internal server error")
         self.hook = None
         if self.lost or scope.cancelled_caught:
             return
-        self.busy = False
+        self.phase = Phase.REQUEST
         try:
             self._apply(request, decision)
         except Exception:  # never into the server's task group: this connection ends, the rest go on
             log.exception("connection handler failed for %s", self.remote)
             self.abort()
             return
-        if not self.lingering and not self.paused:
+        if self.phase is Phase.REQUEST and not self.paused:
             self._resume_reading()
-            if self.client is None:
-                self._process()  # a pipelined request may wait in the core's buffer
+            self._process()  # a pipelined request may wait in the core's buffer
+        elif self.phase is Phase.WEBSOCKET:
+            self._resume_reading()
 
-    def _apply(self, request: Request, decision: Response | tuple[WebSocketServerComponent, Any] | Any) -> None:
+    def _apply(self, request: Request, decision: Decision) -> None:
         """Send the answer to a request: a response, the 101 and the WebSocket, or the ASGI application."""
         proto = self.proto
         assert proto is not None
@@ -317,10 +401,9 @@ class Connection(asyncio.Protocol):
             proto.respond(decision.status, decision.body, decision.headers, close=decision.close)
             self.transport.write(proto.data_to_send())
             if proto.state is State.CLOSED:
-                self._linger()
+                self._end()
             else:  # keep-alive: the next request gets a fresh handshake_timeout
-                self.last_buffered = None
-                self._deadline(self.server.handshake_timeout, self._handshake_timed_out)
+                self._enter(Phase.REQUEST)
             return
         component, principal = decision
         proto.accept()
@@ -330,15 +413,14 @@ class Connection(asyncio.Protocol):
         """Hand the request to the ASGI application: it reads the body and writes the answer."""
         server = self.server
         assert server.app is not None and self.proto is not None
-        self._cancel_deadline()  # the application's pace, not a handshake deadline, rules now
-        server._handshake_done(self)
+        self._enter(Phase.APP)  # the application's pace, not a handshake deadline, rules now
+        server.handshake_done(self)
         transport = self.transport
-        self.busy = True
         self.cycle = make_cycle(
             self, request, _address(transport.get_extra_info("peername")), _address(transport.get_extra_info("sockname")),
             self.tls, server.app_state,
         )
-        server._spawn(self.cycle.run, server.app)
+        server.spawn(self.cycle.run, server.app)
         if isinstance(self.cycle, HTTPCycle):
             self.cycle.process()  # body that came with the head
         else:
@@ -359,16 +441,14 @@ class Connection(asyncio.Protocol):
     def cycle_done(self) -> None:
         """The application finished an HTTP response: the next request, or close."""
         self.cycle = None
-        self.busy = False
         if self.lost:
             return
         proto = self.proto
         assert proto is not None
         if proto.state is State.CLOSED:
-            self._linger()
+            self._end()
             return
-        self.last_buffered = None
-        self._deadline(self.server.handshake_timeout, self._handshake_timed_out)
+        self._enter(Phase.REQUEST)
         if not self.paused:
             self._resume_reading()
             self._process()  # a pipelined request may wait in the core's buffer
@@ -377,30 +457,32 @@ class Connection(asyncio.Protocol):
         if not self.lost and not self.transport.is_closing():
             self._close()
 
+    # ------------------------------------------------------------ the WebSocket
+
     def _open(self, component: WebSocketServerComponent, principal: Any, request: Request) -> None:
         proto = self.proto
         assert proto is not None
-        self._cancel_deadline()
-        self.server._handshake_done(self)
+        self._enter(Phase.WEBSOCKET)
+        self.server.handshake_done(self)
         config = component.config
         manager = component.manager
         proto.max_message_size = config.max_message_size
         client = Client(manager, remote=self.remote, path=request.path)
         client.principal = principal
+        client.writer = self
         query = parse_qs(request.query) if request.query else {}
         since = _int_or_none(query.get("since", [None])[0])
         epoch = query.get("epoch", [None])[0]
+        last = _int_or_none(query.get("last", [None])[0]) if since is None else None
         fields = subscription_fields(query)
         subscription = Subscription(**fields) if fields else None  # most clients narrow nothing
         # Synchronous from the limit checks to here: concurrent handshakes cannot
         # all pass max_connections / the per-address limit.
-        last = _int_or_none(query.get("last", [None])[0]) if since is None else None
-        client.writer = self
         manager.attach(client, since=since, epoch=epoch, subscription=subscription, last=last)
-        self.server._websocket_opened(self, component)
+        self.server.websocket_opened(self, component)
         self.client = client
         self.component = component
-        self.bucket = component.inbound_bucket()
+        self.session = Session(client, component, spawn=self.server.spawn, caught_up=self._caught_up)
         log.info("connect remote=%s path=%s", self.remote, request.path)
         out = proto.data_to_send()  # the 101, and in the same write what is owed first (the hello)
         if client.replay:
@@ -416,43 +498,33 @@ class Connection(asyncio.Protocol):
         self._ws_events()  # frames that came with the handshake
 
     def _ws_events(self) -> None:
-        proto, client, component = self.proto, self.client, self.component
-        assert proto is not None and client is not None and component is not None
+        proto, client, session = self.proto, self.client, self.session
+        assert proto is not None and client is not None and session is not None
         closed: Closed | None = None
         while True:
-            room = None
-            if component.on_message is not None:
-                # The handler is behind: parse no more than the inbox holds; the rest stays
-                # buffered in the core, and reading pauses until the handler catches up.
-                room = INBOX_LIMIT - (len(self.inbox) if self.inbox is not None else 0)
-                if room <= 0:
-                    break
+            # The handler is behind: parse no more than the inbox holds; the rest stays
+            # buffered in the core, and reading pauses until the handler catches up.
+            room = session.room
+            if room is not None and room <= 0:
+                break
             before = proto.frames_in
             events = proto.events(room, FRAME_BUDGET)
-            parsed = 0
-            counted = 0
+            parsed = counted = 0
             for event in events:
-                if isinstance(event, Message | Ping | Pong):
-                    counted += 1
-                    self._charge(1)
                 if isinstance(event, Message):
                     parsed += 1
-                    if client.closing:
-                        continue  # a close is under way: what the peer sends now is not acted on
-                    if component.handle_control(client, event.data):
-                        continue
-                    if component.on_message is not None:
-                        self._deliver(event.data)
-                elif isinstance(event, Pong):
-                    client.awaiting_pong = False
+                    counted += 1
+                    session.charge(1)
+                    session.receive(event.data)
+                elif isinstance(event, Ping | Pong):
+                    counted += 1
+                    session.charge(1)
+                    if isinstance(event, Pong):
+                        client.awaiting_pong = False
                 elif isinstance(event, Closed):
                     closed = event
-            # Fragments and parts of frames count too: a peer sending empty continuations
-            # as fast as it can is held to the same rate as one sending messages.
-            self._charge(proto.frames_in - before - counted)
-            if closed is None and proto.backlog:
-                break  # the frame budget ran out (see below)
-            if closed is not None or room is None or parsed < room:
+            session.charge(proto.frames_in - before - counted)  # fragments and parts of frames
+            if closed is not None or proto.backlog or room is None or parsed < room:
                 break
             # The batch stopped at the inbox's room, but some of it never reached the inbox
             # (control messages, a close under way): parse on, or what follows would wait.
@@ -464,41 +536,49 @@ class Connection(asyncio.Protocol):
                 # The frame budget ran out: the rest is parsed on this connection's next turn,
                 # after every other connection has had its own (reading pauses meanwhile).
                 self._pause_reading()
-                if not self.turn_pending:
-                    self.turn_pending = True
-                    self.server.flusher.loop.call_soon(self._next_turn)
-            elif component.on_message is not None and self.inbox is not None and len(self.inbox) >= INBOX_LIMIT:
+                self._next_turn_later()
+            elif session.full:
                 self._pause_reading()
             elif self.read_paused:  # the inbox or the budget paused it; neither holds now
                 self._resume_reading()
             return
-        self.closed_cleanly = closed.by_peer
         self.close_code = closed.code
         if not closed.by_peer and closed.code != CLOSE_ABNORMAL:
             log.info("closing %s: %s %s", self.remote, closed.code, closed.reason)
-        if self.inbox is not None:
-            self.deferred = out  # the close reply goes after the handler's answers, within close_timeout
-            self._deadline(component.config.close_timeout, self.abort)
+        if session.handling:
+            session.hold_close(out)  # the close reply goes after the handler's answers, within close_timeout
+            self._enter(Phase.CLOSING)
         else:
             self._finish(out)
 
-    def _charge(self, frames: int) -> None:
-        """Spend the inbound rate limit for ``frames`` parsed frames; close 1008 when it runs out."""
-        client = self.client
-        if frames <= 0 or self.bucket is None or client is None or client.closing:
+    def _caught_up(self) -> None:
+        """The session's handler made room, or finished: parse on, or send the close it held."""
+        if self.lost:
             return
-        if not self.bucket.allow(monotonic(), frames):
-            log.info("closing %s: inbound rate limit exceeded", self.remote)
-            client.close(CLOSE_POLICY, "rate limit exceeded", discard_queued=True)
+        session = self.session
+        try:
+            if session is not None and session.deferred is not None and not session.handling:
+                out, session.deferred = session.deferred, None
+                self._finish(out)
+            elif self.read_paused:
+                self._process()
+        except Exception:  # never into the server's task group
+            log.exception("connection handler failed for %s", self.remote)
+            self.abort()
+
+    def _next_turn_later(self) -> None:
+        if not self.turn_pending:
+            self.turn_pending = True
+            self.server.flusher.loop.call_soon(self._next_turn)
 
     def _next_turn(self) -> None:
-        """Parse on what the frame budget left buffered (see ``_ws_events``)."""
+        """Parse on what a budget left buffered (see ``_ws_events``, ``_http_events``)."""
         self.turn_pending = False
-        if not self.lost and self.client is not None and not self.lingering:
+        if self.phase in (Phase.REQUEST, Phase.WEBSOCKET, Phase.CLOSING):
             self._process()
 
     def _finish(self, out: bytes) -> None:
-        """The WebSocket is closed in the core: write what is queued and the last frames, then close."""
+        """The WebSocket is closed in the core: write what is queued and the last frames, then end."""
         client = self.client
         assert client is not None
         client.closing = True
@@ -510,51 +590,7 @@ class Connection(asyncio.Protocol):
             client.manager.bytes_delivered += len(data)
         if out and not self.transport.is_closing():
             self.transport.write(out)
-        if self.closed_cleanly or self.close_code == CLOSE_ABNORMAL:
-            self._close()
-        else:
-            # We failed the connection (1002/1007/1009) with input still arriving:
-            # closing now would make the kernel reset the connection and could destroy
-            # our close frame before the peer read it.  Half-close, then discard what
-            # the peer still sends until it closes too, for close_timeout at most.
-            self._linger(self.component.config.close_timeout if self.component else None)
-
-    # ------------------------------------------------------------ inbound messages
-
-    def _deliver(self, data: str | bytes) -> None:
-        if self.inbox is None:
-            self.inbox = [data]
-            self.server._spawn(self._drain_inbox)
-        else:
-            self.inbox.append(data)
-
-    async def _drain_inbox(self) -> None:
-        client, component = self.client, self.component
-        assert client is not None and component is not None and component.on_message is not None
-        on_message = component.on_message
-        try:
-            with anyio.CancelScope() as self.hook:  # a handler stuck past the connection's end is cancelled
-                while self.inbox and not self.lost:
-                    data = self.inbox.pop(0)  # accepted before any close: handled even if one began since
-                    try:
-                        await on_message(client, data)
-                    except Exception:
-                        log.exception("on_message handler failed for %s", self.remote)
-                    if self.read_paused and self.inbox is not None and len(self.inbox) <= INBOX_LIMIT // 2:
-                        self._process()  # what the pause left buffered; resumes reading if there is room
-        finally:
-            self.hook = None
-            self.inbox = None
-            if not self.lost:
-                try:
-                    if self.deferred is not None:
-                        out, self.deferred = self.deferred, None
-                        self._finish(out)
-                    elif self.read_paused:
-                        self._process()
-                except Exception:  # never into the server's task group
-                    log.exception("connection handler failed for %s", self.remote)
-                    self.abort()
+        self._end()
 
     # ------------------------------------------------------------ writing
 
@@ -571,7 +607,7 @@ class Connection(asyncio.Protocol):
         peer is not reading as fast as it is sent to), before or while what is owed is written.
         """
         client = self.client
-        if client is None or self.paused or self.lost or self.lingering:
+        if client is None or self.paused or self.phase not in (Phase.WEBSOCKET, Phase.CLOSING):
             return False
         self.flush()
         return not client.queue
@@ -580,7 +616,7 @@ class Connection(asyncio.Protocol):
         """Write what the client is owed: replay first, then the queue, then a requested close."""
         self.scheduled = False
         client, transport, proto = self.client, self.transport, self.proto
-        if client is None or proto is None or self.lost or self.lingering or transport.is_closing():
+        if client is None or proto is None or self.phase not in (Phase.WEBSOCKET, Phase.CLOSING) or transport.is_closing():
             return
         # Re-armed first: whatever is queued while we cannot write (paused, mid-replay)
         # brings us back, and a close request is never missed.
@@ -606,13 +642,10 @@ class Connection(asyncio.Protocol):
             manager.bytes_delivered += len(data)
             if transport.is_closing():
                 return
-        if request is not None:
-            if proto.state is State.OPEN:
-                proto.close(*request)
-                transport.write(proto.data_to_send())
-                # The peer has close_timeout to answer (its reply ends in _finish).
-                assert self.component is not None
-                self._deadline(self.component.config.close_timeout, self.abort)
+        if request is not None and proto.state is State.OPEN:
+            proto.close(*request)
+            transport.write(proto.data_to_send())
+            self._enter(Phase.CLOSING)  # the peer has close_timeout to answer (its reply ends in _finish)
 
     # ------------------------------------------------------------ ending
 
@@ -620,15 +653,22 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def _end(self) -> None:
+        """The core is CLOSED: carry out its close policy (close now, or half-close and drain)."""
+        proto = self.proto
+        if proto is not None and proto.lingers:
+            self._linger()
+        else:
+            self._close()
+
     def _close(self) -> None:
         """Close after what is buffered is written; abort if the peer does not read it in time."""
         self.transport.close()
-        self._deadline(self.server.close_timeout, self.abort)
+        self._enter(Phase.CLOSING)
 
-    def _linger(self, timeout: float | None = None) -> None:
+    def _linger(self) -> None:
         """Half-close and drop the peer's input until it closes too (bounded), so it reads our answer."""
-        self.lingering = True
-        self.last_buffered = None
+        self._enter(Phase.LINGERING)
         self._resume_reading()
         if self.transport.is_closing():
             return
@@ -637,11 +677,8 @@ class Connection(asyncio.Protocol):
                 self.transport.write_eof()
             except OSError:  # the peer is already gone
                 self.abort()
-                return
-        delay = min(LINGER_TIMEOUT, self.server.close_timeout) if timeout is None else timeout
-        self._deadline(delay, lambda: self._unless_sending(delay, self.abort))
 
-    def _unless_sending(self, delay: float, expire: Any) -> None:
+    def _unless_sending(self, delay: float, expire: Callable[[], None]) -> None:
         """A deadline passed: give another ``delay`` if our answer is still going out and moving, else expire.
 
         A large response to a slow but reading client must not be cut off; one
@@ -651,7 +688,7 @@ class Connection(asyncio.Protocol):
         buffered = self.transport.get_write_buffer_size() if not self.transport.is_closing() else 0
         if buffered and (self.last_buffered is None or buffered < self.last_buffered):
             self.last_buffered = buffered
-            self._deadline(delay, lambda: self._unless_sending(delay, expire))
+            self.timer = self.server.flusher.loop.call_later(delay, lambda: self._unless_sending(delay, expire))
             return
         expire()
 
@@ -663,7 +700,7 @@ class Connection(asyncio.Protocol):
 
     def _handshake_timed_out(self) -> None:
         self.timer = None
-        if self.client is not None or self.lingering:
+        if self.phase not in (Phase.TLS, Phase.REQUEST, Phase.ANSWERING):
             return
         if self.answered and self.transport.get_write_buffer_size():
             # Kept alive with the last response still going out: that is not idling.
@@ -673,11 +710,11 @@ class Connection(asyncio.Protocol):
 
     def _handshake_expired(self) -> None:
         proto = self.proto
-        if not self.server._stopping:
-            if self.tls_pending:
-                self.server._count_failure("tls handshake timeout")
+        if not self.server.stopping:
+            if self.phase is Phase.TLS:
+                self.server.count_failure("tls handshake timeout")
             elif not self.answered or (proto is not None and proto.has_partial_request):
-                self.server._count_failure("handshake timeout")
+                self.server.count_failure("handshake timeout")
         self.abort()
 
     async def _start_tls(self) -> None:
@@ -689,7 +726,7 @@ class Connection(asyncio.Protocol):
                 self.transport, self, server.ssl, server_side=True, ssl_handshake_timeout=server.handshake_timeout * 2
             )
         except ssl_module.SSLError as exc:
-            server._count_failure("tls handshake failed")
+            server.count_failure("tls handshake failed")
             log.info("refuse remote=%s reason=tls %s", self.host, exc.reason)
             self._tls_failed()
             return
@@ -707,7 +744,7 @@ class Connection(asyncio.Protocol):
         # The TLS transport may have delivered the request already (to data_received,
         # which buffered it): act on it now that answers go through TLS.
         self.transport = transport
-        self.tls_pending = False
+        self._enter(Phase.REQUEST, rearm=False)
         self._process()
 
     def _tls_failed(self) -> None:
@@ -718,11 +755,6 @@ class Connection(asyncio.Protocol):
             self.connection_lost(None)
 
     # ------------------------------------------------------------ helpers
-
-    def _deadline(self, delay: float, callback: Any) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.server.flusher.loop.call_later(delay, callback)
 
     def _cancel_deadline(self) -> None:
         if self.timer is not None:

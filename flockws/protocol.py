@@ -219,7 +219,7 @@ class ServerProtocol:
 
     __slots__ = (
         "max_message_size", "max_header_size", "state", "_h11", "_buf", "_buf_eof", "_head_end",
-        "_ws", "_out", "_pending", "_answering", "_body_open", "_msg", "_frames", "_eof", "backlog", "frames_in",
+        "_ws", "_out", "_pending", "_answering", "_body_open", "_msg", "_frames", "_eof", "backlog", "frames_in", "lingers",
     )
 
     def __init__(
@@ -248,6 +248,12 @@ class ServerProtocol:
         self._frames = 0  # its frames so far
         self.backlog = False  # the last events() call stopped at its frame budget: more input waits
         self.frames_in = 0  # WebSocket frames (and parts of frames) parsed so far, control frames included
+        # The close policy, decided here and carried out by the I/O layer: True once we are CLOSED
+        # after answering with a close (an HTTP error or refusal, a failed WebSocket) while the peer
+        # may still be sending.  Closing the socket at once would make the kernel reset the
+        # connection and could destroy that last answer before the peer read it, so the I/O layer
+        # half-closes and discards input for a bounded time instead.  False: close at once.
+        self.lingers = False
         self._eof = False  # the peer ended the stream; reported after the bytes before it
 
     # -------------------------------------------------------- input/output
@@ -473,6 +479,7 @@ class ServerProtocol:
             + body
         )
         self.state = State.CLOSED
+        self.lingers = True
 
     def respond(
         self,
@@ -546,6 +553,7 @@ class ServerProtocol:
             # Closing (asked for, or h11's MUST_CLOSE), or a request body still arriving
             # that nobody will read: close rather than read it to find the next request.
             self.state = State.CLOSED
+            self.lingers = True
             self._body_open = False
         else:
             h.start_next_cycle()
@@ -701,6 +709,7 @@ class ServerProtocol:
         if self.state is State.OPEN:
             self._out.append(self._ws.send(CloseConnection(code=code, reason=reason)))
         self.state = State.CLOSED
+        self.lingers = True
         self._msg = None
         return Closed(code, reason)
 

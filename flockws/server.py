@@ -29,7 +29,7 @@ try:
     import sniffio
 except ImportError:  # anyio then detects asyncio by the running loop
     sniffio = None  # type: ignore[assignment]
-from anyio.abc import TaskStatus
+from anyio.abc import ByteStream, TaskStatus
 
 from .asgi import APP, ASGIApp, Lifespan
 from .auth import Refused
@@ -100,7 +100,7 @@ class Server:
         self._listeners: list[asyncio.Server] = []
         self._connections: set[Connection] = set()
         self._drained: anyio.Event | None = None  # set when the last connection ends during shutdown
-        self._stopping = False
+        self.stopping = False
         self.flusher: Flusher  # made on entry, with the running loop
         # An ASGI application answers what flockws' own routes do not (see flockws.asgi).
         self.app = app
@@ -135,7 +135,7 @@ class Server:
         except RuntimeError:
             raise RuntimeError("flockws serves on asyncio (anyio's asyncio backend, with or without uvloop)") from None
         self.flusher = Flusher(loop)
-        self._stopping = False  # a Server may be entered again after leaving
+        self.stopping = False  # a Server may be entered again after leaving
         token = anyio.lowlevel.current_token()
         sockets = _bind(self.host, self.requested_port)  # before any task group: a taken port raises plainly
         try:
@@ -186,7 +186,7 @@ class Server:
     async def shutdown(self) -> None:
         """Stop accepting, send 1001 to every client, wait ``close_timeout``, abort the rest."""
         self._close_listeners()
-        self._stopping = True
+        self.stopping = True
         if self._background is not None:
             self._background.cancel_scope.cancel()
         for connection in list(self._connections):
@@ -204,6 +204,18 @@ class Server:
             with anyio.move_on_after(self.close_timeout):
                 await self.lifespan.shutdown()
 
+    async def serve_stream(self, stream: ByteStream) -> None:
+        """Serve one connection over any anyio byte stream (a TLS stream, another listener's, an in-memory pair).
+
+        The same core, state machine and broadcaster as the server's own sockets,
+        through :class:`flockws.streams.StreamTransport`; returns when the
+        connection ends.  Usable as an anyio listener's handler:
+        ``await listener.serve(server.serve_stream)``.
+        """
+        from .streams import serve_stream
+
+        await serve_stream(Connection(self), stream)
+
     @property
     def app_state(self) -> dict[str, Any]:
         """The state the application's lifespan startup left (copied into each request's scope)."""
@@ -216,9 +228,9 @@ class Server:
                 await self._drained.wait()
             self._drained = None
 
-    # ------------------------------------------------------------ connections (called by Connection)
+    # ------------------------------------------------------------ connections (flockws.connection.Host)
 
-    def _spawn(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+    def spawn(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         """Start a task in the server's task group, also from a transport callback.
 
         Callbacks run outside any task, where sniffio (which anyio consults when
@@ -234,24 +246,24 @@ class Server:
         finally:
             sniffio.current_async_library_cvar.reset(token)
 
-    def _admit_connection(self, connection: Connection) -> bool:
+    def admit(self, connection: Connection) -> bool:
         """A new TCP connection: count it, or refuse it when too many handshakes are unfinished."""
         self._connections.add(connection)
         host = connection.host
-        if self._stopping:
+        if self.stopping:
             return False
         if self._pending.total() >= self.max_pending_handshakes or (
             self.max_pending_per_address is not None and self._pending[host] >= self.max_pending_per_address
         ):
             # Refused before reading a byte, so half-sent requests cannot pile up to exhaust descriptors.
             self.refused_pending += 1
-            self._count_failure("too many pending handshakes")
+            self.count_failure("too many pending handshakes")
             return False
         self._pending[host] += 1
         connection.pending = True
         return True
 
-    def _handshake_done(self, connection: Connection) -> None:
+    def handshake_done(self, connection: Connection) -> None:
         if connection.pending:
             connection.pending = False
             host = connection.host
@@ -259,11 +271,11 @@ class Server:
             if self._pending[host] <= 0:
                 del self._pending[host]
 
-    def _websocket_opened(self, connection: Connection, component: WebSocketServerComponent) -> None:
+    def websocket_opened(self, connection: Connection, component: WebSocketServerComponent) -> None:
         self._per_address[component][connection.host] += 1
 
-    def _connection_lost(self, connection: Connection) -> None:
-        self._handshake_done(connection)
+    def connection_closed(self, connection: Connection) -> None:
+        self.handshake_done(connection)
         if connection.client is not None and connection.component is not None:
             by_address = self._per_address[connection.component]
             by_address[connection.host] -= 1
@@ -275,7 +287,7 @@ class Server:
 
     # ------------------------------------------------------------ routing
 
-    def _count_failure(self, reason: str) -> None:
+    def count_failure(self, reason: str) -> None:
         for component in self.websockets[:1]:
             component.manager.handshake_failures[reason] += 1
 
@@ -300,7 +312,7 @@ class Server:
             log.exception("authenticate hook failed")
             return None, Response.text(500, "authentication failed")
 
-    def _answer_now(self, request: Request, host: str) -> Decision | None:
+    def route_now(self, request: Request, host: str) -> Decision | None:
         """Answer a request without awaiting, or None if a hook must be awaited (see :meth:`_answer_later`).
 
         The WebSocket handshake without an ``authenticate`` hook is decided here,
@@ -342,7 +354,7 @@ class Server:
             return APP if self.app is not None and not self._own_http else None
         return self._decorated(request, response)
 
-    async def _answer_later(self, request: Request, host: str) -> Decision:
+    async def route(self, request: Request, host: str) -> Decision:
         """The answers that await: an ``authenticate`` hook, or the components' ``handle_http``."""
         path = request.path
         target = next((c for c in self.websockets if c.serves_websocket(path)), None)

@@ -272,13 +272,13 @@ def small_send_buffers(server: Server, size: int = 16384) -> None:
     dropped only once every few seconds; with small buffers it is dropped (and
     resumes) many times a second.
     """
-    admit = server._admit_connection
+    admit = server.admit
 
     def small_buffers(connection: Any) -> bool:
         connection.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
         return admit(connection)
 
-    server._admit_connection = small_buffers  # type: ignore[method-assign]
+    server.admit = small_buffers  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("history", [1_000_000, 400], ids=["history-holds", "history-runs-out"])

@@ -42,9 +42,9 @@ def make_server() -> Server:
 
 def answer(server: Server, proto: ServerProtocol, request: Request) -> None:
     """Answer as a Connection does: the server's decision, applied to the core."""
-    decision = server._answer_now(request, "127.0.0.1")
+    decision = server.route_now(request, "127.0.0.1")
     if decision is None:  # the answers that may await; these components never suspend
-        coro = server._answer_later(request, "127.0.0.1")
+        coro = server.route(request, "127.0.0.1")
         try:
             coro.send(None)
         except StopIteration as done:

@@ -748,7 +748,7 @@ async def test_on_message_receives_messages_and_survives_a_failing_handler() -> 
 
 async def test_slow_on_message_handler_pauses_reading_and_handles_everything_in_order() -> None:
     """Messages wait for on_message in a bounded inbox; when it is full the server stops reading."""
-    from flockws.connection import INBOX_LIMIT
+    from flockws.session import DEFAULT_INBOX_LIMIT as INBOX_LIMIT
 
     handled: list[str | bytes] = []
     release = anyio.Event()
@@ -765,7 +765,7 @@ async def test_slow_on_message_handler_pauses_reading_and_handles_everything_in_
             await raw.send(b"".join(build_frame(OP_TEXT, f"m{i}".encode()) for i in range(total)))
             [connection] = server._connections
             await wait_until(lambda: connection.read_paused)
-            assert connection.inbox is not None and len(connection.inbox) <= INBOX_LIMIT
+            assert connection.session.inbox is not None and len(connection.session.inbox) <= INBOX_LIMIT
             assert not handled
             release.set()
             await wait_until(lambda: len(handled) == total)
@@ -796,7 +796,7 @@ async def test_close_reply_follows_the_handlers_answers() -> None:
 
 async def test_control_messages_do_not_hold_up_the_messages_behind_them() -> None:
     """Subscribe messages are consumed, not queued: they must not use up the inbox's room."""
-    from flockws.connection import INBOX_LIMIT
+    from flockws.session import DEFAULT_INBOX_LIMIT as INBOX_LIMIT
 
     handled: list[str | bytes] = []
 
