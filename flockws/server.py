@@ -31,6 +31,7 @@ except ImportError:  # anyio then detects asyncio by the running loop
     sniffio = None  # type: ignore[assignment]
 from anyio.abc import ByteStream, TaskStatus
 
+from .accept import Listener, listen
 from .asgi import APP, ASGIApp, Lifespan
 from .auth import Refused
 from .components import ServerComponent, WebSocketServerComponent, subscription_fields
@@ -44,7 +45,6 @@ log = logging.getLogger("flockws")
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
 ASYNCAPI_PATH = "/asyncapi.json"
-BACKLOG = 4096  # pending TCP connections the kernel queues for us (capped by somaxconn)
 
 Decision = Response | tuple[WebSocketServerComponent, Any] | Any  # Any: APP
 
@@ -97,7 +97,7 @@ class Server:
         self._stack: AsyncExitStack | None = None
         self._tasks: anyio.abc.TaskGroup | None = None  # per-request and on_message tasks
         self._background: anyio.abc.TaskGroup | None = None  # components' run()
-        self._listeners: list[asyncio.Server] = []
+        self._listeners: list[Listener] = []
         self._connections: set[Connection] = set()
         self._drained: anyio.Event | None = None  # set when the last connection ends during shutdown
         self.stopping = False
@@ -152,7 +152,7 @@ class Server:
                 background = await stack.enter_async_context(anyio.create_task_group())
                 stack.callback(self._close_listeners)
                 for sock in sockets:
-                    self._listeners.append(await loop.create_server(lambda: Connection(self), sock=sock, backlog=BACKLOG))
+                    self._listeners.append(await listen(loop, lambda: Connection(self), sock))
                 self.addresses = [tuple(sock.getsockname()[:2]) for sock in sockets]  # type: ignore[misc]
                 for component in self.websockets:
                     component.manager.start(token)
