@@ -36,6 +36,7 @@ class ServerComponent:
 
     name: str = "component"
     priority: int = 50
+    decides_origin = False  # True: allow_websocket() is the Origin policy (the server's same-origin default steps aside)
 
     def serves_websocket(self, path: str) -> bool:
         return False

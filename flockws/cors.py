@@ -151,6 +151,8 @@ class CORSComponent(ServerComponent):
     headers; credentials echo the origin; ``Vary: Origin``; missing ``Origin``).
     """
 
+    decides_origin = True
+
     def __init__(self, config: CORSComponentConfig | None = None, *, name: str = "cors", priority: int = 0) -> None:
         if config is not None and not isinstance(config, CORSComponentConfig):
             raise ConfigError(f"config must be a CORSComponentConfig, got {config!r}")

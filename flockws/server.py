@@ -38,6 +38,7 @@ from .components import ServerComponent, WebSocketServerComponent, subscription_
 from .connection import Connection, Flusher
 from .http import Response
 from .metrics import render as render_metrics
+from .origin import host_allowed, is_loopback_name, same_origin, split_host
 from .protocol import CLOSE_GOING_AWAY, DEFAULT_MAX_HEADER_SIZE, Request
 
 log = logging.getLogger("flockws")
@@ -72,6 +73,7 @@ class Server:
         max_pending_per_address: int | None = 256,
         app: ASGIApp | None = None,
         lifespan: str = "auto",
+        allowed_hosts: Sequence[str] | None = None,
     ) -> None:
         components = list(components or [])
         if dashboard:
@@ -105,6 +107,10 @@ class Server:
         # An ASGI application answers what flockws' own routes do not (see flockws.asgi).
         self.app = app
         self.lifespan = Lifespan(app, lifespan) if app is not None else None
+        # Host names answered (see flockws.origin): None = any, or loopback names only when bound to loopback.
+        self.allowed_hosts = list(allowed_hosts) if allowed_hosts is not None else None
+        self.loopback_only = False
+        self._origin_policy = any(c.decides_origin for c in self.components)
         self._own_http = any(type(c).handle_http is not ServerComponent.handle_http for c in self.components)
 
     # ------------------------------------------------------------ lifecycle
@@ -154,6 +160,7 @@ class Server:
                 for sock in sockets:
                     self._listeners.append(await listen(loop, lambda: Connection(self), sock))
                 self.addresses = [tuple(sock.getsockname()[:2]) for sock in sockets]  # type: ignore[misc]
+                self.loopback_only = all(is_loopback_name(str(h)) for h, _ in self.addresses)
                 for component in self.websockets:
                     component.manager.start(token)
                 for component in self.components:
@@ -319,6 +326,9 @@ class Server:
         on the loop, in one step: no other handshake can pass the connection
         limits between the check and the client joining the pool.
         """
+        refusal = self._check_host_and_origin(request)
+        if refusal is not None:
+            return self._refuse(request, None, refusal, host)
         path = request.path
         target = next((c for c in self.websockets if c.serves_websocket(path)), None)
         if target is None and request.websocket and self.app is not None:
@@ -377,6 +387,22 @@ class Server:
                 return APP
             response = Response.text(404, f"not found: {path}")
         return self._decorated(request, response)
+
+    def _check_host_and_origin(self, request: Request) -> Response | None:
+        """The defaults against DNS rebinding and cross-site WebSocket hijacking (see flockws.origin)."""
+        value = request.header("host")
+        if value is None:
+            return None  # HTTP/1.0 without Host: not a browser
+        host = split_host(value, self.ssl is not None)
+        if host is None:
+            return Response.text(400, "malformed Host header")
+        if not host_allowed(host[0], self.allowed_hosts, self.loopback_only):
+            return Response.text(421, f"this server does not answer for host {host[0]!r} (see allowed_hosts)")
+        origin = request.header("origin")
+        if origin is not None and not self._origin_policy and (request.websocket or request.upgrade_error):
+            if not same_origin(origin, host):
+                return Response.text(403, "cross-origin WebSocket refused (allow origins with a CORSComponent)")
+        return None
 
     def _check_upgrade(self, request: Request, target: WebSocketServerComponent | None, host: str) -> Response | None:
         """Why an upgrade is refused (a response), or None: path, RFC 6455 checks, component vetoes, limits."""

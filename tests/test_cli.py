@@ -250,7 +250,7 @@ async def test_serve_static_allow_origin_and_heartbeat_flags(tmp_path: Any) -> N
         stream = await anyio.connect_tcp(HOST, port)
         async with stream:
             await stream.send(
-                b"GET /plugin/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"GET /plugin/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
             )
             data = b""

@@ -187,7 +187,7 @@ async def test_several_components_ordered_by_priority_and_routed() -> None:
         # HTTP is offered to components in priority order; the first answer wins
         stream = await anyio.connect_tcp(HOST, server.port)
         async with stream:
-            await stream.send(b"GET /late HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            await stream.send(b"GET /late HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             data = b""
             with anyio.fail_after(5):
                 try:

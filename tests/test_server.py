@@ -330,6 +330,7 @@ async def test_stalled_client_is_aborted_after_close_timeout() -> None:
 class OriginPolicy(ServerComponent):
     name = "origin-policy"
     priority = 1
+    decides_origin = True  # it replaces the server's same-origin default
 
     def allow_websocket(self, request: Request) -> Response | None:
         if request.header("origin") != "http://good.example":
@@ -974,3 +975,32 @@ async def test_a_publishers_burst_does_not_drop_a_client_that_reads_but_a_stalle
                         if manager.dropped_slow:
                             break
                     assert manager.dropped_slow == 1 and len(manager) == 1  # the stalled one, and only it
+
+
+async def test_by_default_a_cross_origin_websocket_is_refused_and_a_loopback_server_answers_loopback_names_only() -> None:
+    """Cross-site WebSocket hijacking and DNS rebinding, closed by default (see flockws.origin)."""
+    ws_component = component()
+    with anyio.fail_after(10):
+        async with serving(ws_component) as server:
+            port = server.port
+            async with await wire(server) as raw:  # another site's page
+                response = await raw.request(handshake_request(ENDPOINT, extra=[("Origin", "https://evil.example")]))
+                assert response.status == 403 and b"cross-origin" in response.body
+            async with await wire(server) as raw:  # the server's own page: same origin as Host
+                await raw.handshake(ENDPOINT, host=f"127.0.0.1:{port}", extra=[("Origin", f"http://127.0.0.1:{port}")])
+            async with await wire(server) as raw:  # not a browser: no Origin
+                await raw.handshake(ENDPOINT)
+            for target in ("/healthz", "/metrics", ENDPOINT):  # a rebound DNS name reaches loopback
+                async with await wire(server) as raw:
+                    response = await raw.request(http_request("GET", target, host=f"evil.example:{port}"))
+                    assert response.status == 421, target
+            async with await wire(server) as raw:
+                response = await raw.request(http_request("GET", "/healthz", host=f"localhost:{port}"))
+                assert response.status == 200
+        async with serving(ws_component, allowed_hosts=["dash.example.com"]) as server:
+            async with await wire(server) as raw:
+                response = await raw.request(http_request("GET", "/healthz", host="dash.example.com"))
+                assert response.status == 200
+            async with await wire(server) as raw:
+                response = await raw.request(http_request("GET", "/healthz", host="other.example.com"))
+                assert response.status == 421

@@ -47,9 +47,9 @@ async def test_a_websocket_over_an_anyio_stream_gets_hello_broadcasts_and_a_clea
                 assert json.loads(await ws.recv()) == {"type": "echo", "data": "hi"}
             # HTTP on the same stream path: routing, keep-alive, 404.
             async with await WireClient.connect("127.0.0.1", port) as wire:
-                response = await wire.request(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                response = await wire.request(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 assert response.status == 200
-                response = await wire.request(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+                response = await wire.request(b"GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 assert response.status == 404
             tg.cancel_scope.cancel()  # stops the listener's accept loop (the listener closes with the test)
     assert seen == ["hi"]
