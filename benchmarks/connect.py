@@ -1,6 +1,7 @@
 """Connect-only probe: how long a server takes to accept N WebSocket clients, and at what cost.
 
     python -m benchmarks.connect [--servers flockws websockets] [--clients 10000] [--repeats 3]
+    python -m benchmarks.connect --servers flockws --clients 20 --repeats 1   # smoke test (~1 s per server)
 
 Each repeat is a fresh server process (pinned to core 0) and one load
 generator (core 1) that opens N connections, 100 handshakes in flight, as in
@@ -60,17 +61,18 @@ def main() -> None:
     raise_nofile()
     with tempfile.TemporaryDirectory() as tmp:
         results: dict[str, list[dict[str, float]]] = {s: [] for s in args.servers}
-        for rep in range(args.repeats):
-            for server in args.servers:
-                r = probe(server, args.clients, Path(tmp))
-                results[server].append(r)
-                print(
-                    f"{server:15s} rep {rep + 1}: {r['connected']:,} in {r['connect_s']:.2f} s, "
-                    f"server {r['server_us_per_conn']:.0f} µs/conn (GC {r['gc_us_per_conn']:.0f}), "
-                    f"loadgen {r['loadgen_cpu_share'] * 100:.0f}%, {r['kib_per_conn']:.1f} KiB/conn",
-                    flush=True,
-                )
+        runs = [(rep, server) for rep in range(args.repeats) for server in args.servers]
+        for i, (rep, server) in enumerate(runs):
+            if i:
                 time.sleep(2.0)  # let the kernel finish tearing the last session's sockets down
+            r = probe(server, args.clients, Path(tmp))
+            results[server].append(r)
+            print(
+                f"{server:15s} rep {rep + 1}: {r['connected']:,} in {r['connect_s']:.2f} s, "
+                f"server {r['server_us_per_conn']:.0f} µs/conn (GC {r['gc_us_per_conn']:.0f}), "
+                f"loadgen {r['loadgen_cpu_share'] * 100:.0f}%, {r['kib_per_conn']:.1f} KiB/conn",
+                flush=True,
+            )
     print()
     print("| server | N | connect s (median, min–max) | server µs/conn | of it GC | KiB/conn |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -1,7 +1,9 @@
 """The benchmark suite: one command, every server, every scenario, a table and a chart.
 
-    .venv/bin/python -m benchmarks.run --quick     # N=1000 only, 1 repeat (~2 min)
-    .venv/bin/python -m benchmarks.run             # N=1000/5000/10000, 3 repeats (~30 min)
+    .venv/bin/python -m benchmarks.run --quick     # N=1000 only, 1 repeat (~7 min)
+    .venv/bin/python -m benchmarks.run             # N=1000/5000/10000, 3 repeats (~38 min)
+    .venv/bin/python -m benchmarks.run --quick --smoke --servers flockws --results-dir /tmp/x
+                                                   # smoke test: 20 clients, 20-message scenarios (seconds)
 
 Each server runs in its own process pinned to core 0; the load generator
 (:mod:`benchmarks.loadgen`) runs pinned to core 1, and so does this harness
@@ -11,12 +13,22 @@ same connections.  Every figure is the median of the repeats, with the
 spread (min-max) of the headline ones.
 
 Writes ``benchmarks/results/{results,quick}.json`` (raw, every run),
-``summary.md``/``quick.md`` (the tables) and ``chart.png``/``chart-quick.png``.
+``summary.md``/``quick.md`` (the tables) and ``chart.png``/``chart-quick.png``
+(``--smoke``: ``smoke.json``, ``smoke.md``, ``chart-smoke.png``; ``--results-dir``
+puts them elsewhere).  Exits 1 if a session failed (a server that did not
+start or answer, a load generator that did not connect), after writing
+everything.
+
+``--smoke`` is the same code path in a tiny configuration, for the test suite
+(tests/test_commands.py): 20 clients, 1 repeat, bursts and 100/s runs of 20
+messages, the slow-consumer runs with 20 × 16 KiB events at 100/s and 2
+stalled clients, a 5 s cap.  Its figures mean nothing; that it runs does.
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import json
 import os
 import platform
@@ -78,6 +90,15 @@ RATE = Scenario("100/s", 200, 100, 300)
 # comparison with and without the 10 stalled clients is about them alone.
 SLOW = Scenario("slow", 240, 20, 16384)
 SLOW_RCVBUF = 1024
+SLOW_CLIENTS = 1000
+SLOW_STALLED = 10
+
+# --smoke: the same sessions, tiny (see the module docstring).
+SMOKE_CLIENTS = 20
+SMOKE_BURST = Scenario("burst", 20, 0, 300)
+SMOKE_RATE = Scenario("100/s", 20, 100, 300)
+SMOKE_SLOW = Scenario("slow", 20, 100, 16384)
+SMOKE_STALLED = 2
 
 
 class Proc:
@@ -177,14 +198,38 @@ class RssSampler(threading.Thread):
 
 
 def percentiles(lat_files: list[str]) -> dict[str, float]:
-    import numpy as np
+    """p50/p99/max of the latencies the load generators wrote (int64 ns), in ms.
 
-    arrays = [np.fromfile(f, dtype=np.int64) for f in lat_files if os.path.exists(f)]
-    lat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
-    if not len(lat):
+    numpy when it is there (the bench extra); otherwise the same linear
+    interpolation in plain Python (smoke runs with the test extra only).
+    """
+    try:
+        import numpy as np
+    except ImportError:
+        np = None  # type: ignore[assignment]
+    if np is not None:
+        arrays = [np.fromfile(f, dtype=np.int64) for f in lat_files if os.path.exists(f)]
+        lat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+        if not len(lat):
+            return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan"), "samples": 0}
+        p50, p99 = np.percentile(lat, [50, 99])
+        return {"p50_ms": p50 / 1e6, "p99_ms": p99 / 1e6, "max_ms": float(lat.max()) / 1e6, "samples": int(len(lat))}
+    values = array.array("q")
+    for f in lat_files:
+        if os.path.exists(f):
+            with open(f, "rb") as fh:
+                values.frombytes(fh.read())
+    if not values:
         return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan"), "samples": 0}
-    p50, p99 = np.percentile(lat, [50, 99])
-    return {"p50_ms": p50 / 1e6, "p99_ms": p99 / 1e6, "max_ms": float(lat.max()) / 1e6, "samples": int(len(lat))}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:  # numpy's default ("linear") method
+        pos = (len(ordered) - 1) * q / 100
+        lo = int(pos)
+        hi = min(lo + 1, len(ordered) - 1)
+        return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+    return {"p50_ms": at(50) / 1e6, "p99_ms": at(99) / 1e6, "max_ms": ordered[-1] / 1e6, "samples": len(ordered)}
 
 
 def session(
@@ -197,6 +242,8 @@ def session(
     rcvbuf: int = 0,
     procs: int = 1,
     cap: float = 20.0,
+    settle: float = 1.0,
+    drain_s: float = 3.0,
     tmp: Path,
     log_dir: Path,
 ) -> list[dict[str, Any]]:
@@ -221,7 +268,7 @@ def session(
         connected = sum(c["connected"] for c in connects)
         connect_s = max(c["connect_s"] for c in connects)
         failed = sum(c["failed"] for c in connects)
-        time.sleep(1.0)  # let the server park its per-connection tasks
+        time.sleep(settle)  # let the server park its per-connection tasks
         idle = srv.call({"cmd": "stats"}, 120)
         conn_info = {
             "connected": connected,
@@ -257,7 +304,7 @@ def session(
             if not end.get("publisher_done", True):
                 srv.call({"cmd": "cancel"}, 120)
             peak = sampler.stop()
-            drain = gens[0].call({"cmd": "drain", "seconds": 3.0}, 60, "drain")["drain"] if stalled else None
+            drain = gens[0].call({"cmd": "drain", "seconds": drain_s}, 60, "drain")["drain"] if stalled else None
             delivered = sum(r["received"] for r in reports)
             t_last = max(r["t_last_ns"] for r in reports)
             duration = (t_last - pub["t_ns"]) / 1e9 if t_last else float("nan")
@@ -394,8 +441,9 @@ def slow_table(records: list[dict[str, Any]]) -> str:
     servers = [s for s in SERVERS if any(k[0] == "slow" and k[3] == s for k in g)]
     if not servers:
         return ""
+    k = max((key[2] for key in g if key[0] == "slow"), default=SLOW_STALLED)
     lines = [
-        "| server | N | fast p99 ms, 0 stalled (min–max) | fast p99 ms, 10 stalled (min–max) | Δ p99 | fast lost (0 / 10 stalled) | RSS growth MiB (0 / 10 stalled) | stalled dropped by server | close seen by stalled clients | CPU µs/msg (0 / 10 stalled) |",
+        f"| server | N | fast p99 ms, 0 stalled (min–max) | fast p99 ms, {k} stalled (min–max) | Δ p99 | fast lost (0 / {k} stalled) | RSS growth MiB (0 / {k} stalled) | stalled dropped by server | close seen by stalled clients | CPU µs/msg (0 / {k} stalled) |",
         "|---|---:|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for server in servers:
@@ -498,24 +546,39 @@ def main() -> None:
     parser.add_argument("--only-slow", action="store_true", help="run only the slow-consumer scenario")
     parser.add_argument("--loadgen-procs", type=int, default=1, help="load generator processes (all on core 1)")
     parser.add_argument("--out", help="name of the outputs (default results / quick)")
-    parser.add_argument("--cap", type=float, default=20.0, help="seconds a scenario may run on after publishing (default 20)")
+    parser.add_argument("--cap", type=float, help="seconds a scenario may run on after publishing (default 20, smoke 5)")
+    parser.add_argument("--smoke", action="store_true", help="tiny configuration for the test suite (see above); outputs named smoke")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help=f"where the outputs go (default {RESULTS.relative_to(ROOT)})")
     args = parser.parse_args()
 
     pin(1)
     raise_nofile()
-    clients = args.clients or ([1000] if args.quick else [1000, 5000, 10000])
-    repeats = args.repeats or (1 if args.quick else 3)
+    if args.smoke:
+        clients = args.clients or [SMOKE_CLIENTS]
+        repeats = args.repeats or 1
+        cap = args.cap if args.cap is not None else 5.0
+        scenarios, slow_scenario = [SMOKE_BURST, SMOKE_RATE], SMOKE_SLOW
+        slow_clients, slow_stalled = SMOKE_CLIENTS, SMOKE_STALLED
+        settle, drain_s = 0.2, 0.5
+    else:
+        clients = args.clients or ([1000] if args.quick else [1000, 5000, 10000])
+        repeats = args.repeats or (1 if args.quick else 3)
+        cap = args.cap if args.cap is not None else 20.0
+        scenarios, slow_scenario = [BURST, RATE], SLOW
+        slow_clients, slow_stalled = SLOW_CLIENTS, SLOW_STALLED
+        settle, drain_s = 1.0, 3.0
     servers = args.servers or list(SERVERS)
-    name = args.out or ("quick" if args.quick else "results")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    log_dir = RESULTS / "logs"
+    name = args.out or ("smoke" if args.smoke else "quick" if args.quick else "results")
+    results_dir = args.results_dir.resolve()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = results_dir / "logs"
     log_dir.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="flockws-bench-"))
     started = time.monotonic()
     desc = machine()
     print(desc, flush=True)
     records: list[dict[str, Any]] = []
-    raw_path = RESULTS / f"{name}.json"
+    raw_path = results_dir / f"{name}.json"
 
     def save() -> None:
         raw_path.write_text(json.dumps({"machine": desc, "records": records}, indent=1))
@@ -526,14 +589,17 @@ def main() -> None:
                 for n in clients:
                     for server in servers:
                         print(f"[{time.monotonic() - started:6.0f}s] rep {rep + 1}/{repeats} {server} N={n}", flush=True)
-                        records += session(server, n, [BURST, RATE], rep=rep, procs=args.loadgen_procs, cap=args.cap, tmp=tmp, log_dir=log_dir)
+                        records += session(
+                            server, n, scenarios, rep=rep, procs=args.loadgen_procs, cap=cap, settle=settle, drain_s=drain_s, tmp=tmp, log_dir=log_dir
+                        )
                         save()
             if not args.no_slow:
                 for server in servers:
-                    for stalled in (0, 10):
+                    for stalled in (0, slow_stalled):
                         print(f"[{time.monotonic() - started:6.0f}s] rep {rep + 1}/{repeats} {server} slow stalled={stalled}", flush=True)
                         records += session(
-                            server, 1000, [SLOW], rep=rep, stalled=stalled, rcvbuf=SLOW_RCVBUF, procs=args.loadgen_procs, cap=args.cap, tmp=tmp, log_dir=log_dir
+                            server, slow_clients, [slow_scenario], rep=rep, stalled=stalled, rcvbuf=SLOW_RCVBUF,
+                            procs=args.loadgen_procs, cap=cap, settle=settle, drain_s=drain_s, tmp=tmp, log_dir=log_dir,
                         )
                         save()
     finally:
@@ -541,7 +607,7 @@ def main() -> None:
         save()
 
     elapsed = time.monotonic() - started
-    png = RESULTS / ("chart-quick.png" if name == "quick" else f"chart{'' if name == 'results' else '-' + name}.png")
+    png = results_dir / ("chart-quick.png" if name == "quick" else f"chart{'' if name == 'results' else '-' + name}.png")
     try:
         chart(records, png)
     except Exception as exc:  # a missing matplotlib must not lose the table
@@ -555,7 +621,8 @@ def main() -> None:
         f"suite wall time: {elapsed / 60:.1f} min; repeats: {repeats}; loadgen processes: {args.loadgen_procs}",
         "```",
         "",
-        "Burst: 200 × 300 B events, publisher yields once per message. 100/s: 200 × 300 B at 100 msg/s. "
+        f"Burst: {scenarios[0].messages} × {scenarios[0].size} B events, publisher yields once per message. "
+        f"100/s: {scenarios[1].messages} × {scenarios[1].size} B at {scenarios[1].rate:.0f} msg/s. "
         "Figures are medians over the repeats. CPU µs/msg = server user+sys CPU over the broadcast phase / messages "
         "delivered; latency = client receive time − publish time; KiB/conn = server RSS growth / N after connecting; "
         "server/loadgen CPU = share of one core during the phase; connect s = time for the load generator to open "
@@ -567,8 +634,9 @@ def main() -> None:
     slow = slow_table(records)
     if slow:
         parts += [
-            f"Slow consumers: N=1000, {SLOW.messages} × {SLOW.size // 1024} KiB events at {SLOW.rate:.0f}/s; "
-            f"10 clients with SO_RCVBUF={SLOW_RCVBUF} never read after the handshake. 'fast' = the 990 (or 1000) reading clients.",
+            f"Slow consumers: N={slow_clients}, {slow_scenario.messages} × {slow_scenario.size // 1024} KiB events at {slow_scenario.rate:.0f}/s; "
+            f"{slow_stalled} clients with SO_RCVBUF={SLOW_RCVBUF} never read after the handshake. "
+            f"'fast' = the {slow_clients - slow_stalled} (or {slow_clients}) reading clients.",
             "",
             slow,
             "",
@@ -576,11 +644,13 @@ def main() -> None:
     parts.append(noise_line(records))
     if errors:
         parts += ["", "Errors:", *[f"- {e['server']} N={e['clients']} stalled={e['stalled']} rep {e['rep']}: {e['error']}" for e in errors]]
-    parts += ["", f"Chart: {png.relative_to(ROOT)}", ""]
+    parts += ["", f"Chart: {png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}", ""]
     summary = "\n".join(parts)
-    (RESULTS / ("quick.md" if name == "quick" else ("summary.md" if name == "results" else f"{name}.md"))).write_text(summary)
+    (results_dir / ("quick.md" if name == "quick" else ("summary.md" if name == "results" else f"{name}.md"))).write_text(summary)
     print()
     print(summary)
+    if errors:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

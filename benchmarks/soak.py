@@ -1,6 +1,6 @@
 """Soak: a long fault run against one in-process flockws server, then a leak audit.
 
-    .venv/bin/python -m benchmarks.soak                  # 10,000 churns (about 30-60 s)
+    .venv/bin/python -m benchmarks.soak                  # 10,000 churns (about 10-60 s)
     .venv/bin/python -m benchmarks.soak --churns 2000 --time-limit 60
 
 While a publisher broadcasts flat out (batches of events, yielding between
@@ -30,8 +30,13 @@ collected.  It prints the figures and exits 0 only if nothing was lost and
 nothing leaked.  ``--time-limit`` bounds the whole run; it stops by itself.
 
 Accepted sockets get a small fixed SO_SNDBUF (``--sndbuf``, as over a slow
-network path): on loopback the kernel would otherwise absorb megabytes per
-connection and a slow reader in this process would be dropped only rarely.
+network path; set on the listening socket, which accepted sockets inherit):
+on loopback the kernel would otherwise absorb megabytes per connection and a
+slow reader in this process would be dropped only rarely.
+
+Smoke configuration (tests/test_commands.py, a few seconds):
+
+    .venv/bin/python -m benchmarks.soak --churns 300 --duration 1 --time-limit 30
 """
 
 from __future__ import annotations
@@ -303,6 +308,36 @@ async def churn_once(port: int, mode: str) -> None:
 # ---------------------------------------------------------------- the run
 
 
+def small_send_buffers(port: int, size: int) -> int:
+    """Give every connection this process accepts on ``port`` a fixed SO_SNDBUF of ``size``.
+
+    Set on the listening sockets, which Linux copies into every socket it
+    accepts from them; found through /proc/self/fd (the server's own objects
+    stay untouched: only public API).  Returns how many listeners were set.
+    """
+    found = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(int(name)))  # a duplicate: closing it leaves the server's open
+        except (OSError, ValueError):
+            continue
+        with sock:
+            try:
+                if (
+                    sock.family in (socket.AF_INET, socket.AF_INET6)
+                    and sock.type == socket.SOCK_STREAM
+                    and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                    and sock.getsockname()[1] == port
+                ):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+                    found += 1
+            except OSError:
+                continue
+    return found
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -345,13 +380,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     manager.add, manager.attach = add, attach  # type: ignore[method-assign]
     result: dict[str, Any] = {}
     async with Server([comp], host=HOST, port=0, max_pending_per_address=None) as server:
-        handle = server._handle
-
-        async def small_buffers(stream: Any) -> None:
-            stream.extra(SocketAttribute.raw_socket).setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, args.sndbuf)
-            await handle(stream)
-
-        server._handle = small_buffers  # type: ignore[method-assign]
+        if small_send_buffers(server.port, args.sndbuf) == 0:
+            raise RuntimeError(f"no listening socket on port {server.port} found in /proc/self/fd")
         for _ in range(10):
             await anyio.lowlevel.checkpoint()
         gc.collect()
@@ -425,10 +455,11 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
 
         lost = sum(max(0, final - f.received - f.declared_missing) for f in resumers + steady)
         settled = await wait_for(
-            lambda: server._open_streams == 0 and task_count() <= tasks_before and open_fds() <= fds_before, 15
+            lambda: server.stats()["connections"] == 0 and task_count() <= tasks_before and open_fds() <= fds_before, 15
         )
         gc.collect()
         alive = sum(ref() is not None for ref in clients)
+        stats, server_stats = manager.stats(), server.stats()
         result = {
             "connections churned": churned,
             "churn modes": dict(sorted(modes.items())),
@@ -440,14 +471,15 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             "events declared missing by gap (history ran out)": sum(f.declared_missing for f in resumers + steady),
             "events lost": lost,
             "order/gap violations": sum(len(f.violations) for f in resumers + steady),
-            "dropped slow (1013)": manager.dropped_slow,
-            "accepted": manager.accepted,
+            "dropped slow (1013)": stats["dropped_slow"],
+            "accepted": stats["accepted"],
             "fds before/after": (fds_before, open_fds()),
             "tasks before/after": (tasks_before, task_count()),
             "pool after": len(manager),
-            "queued bytes after": manager.stats()["queued_bytes"],
+            "queued bytes after": stats["queued_bytes"],
             "client objects alive after": alive,
-            "pending handshakes after": server._pending.total(),
+            "server connections after": server_stats["connections"],
+            "pending handshakes after": server_stats["pending_handshakes"],
             "settled": settled,
             "caught up": catch_up_ok,
         }
@@ -492,6 +524,8 @@ def main() -> None:
         and result["caught up"]
         and result["pool after"] == 0
         and result["queued bytes after"] == 0
+        and result["server connections after"] == 0
+        and result["pending handshakes after"] == 0
         and result["client objects alive after"] == 0
         and result["fds before/after"][1] <= result["fds before/after"][0]
         and result["tasks before/after"][1] <= result["tasks before/after"][0]
