@@ -81,8 +81,10 @@ async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
 async def _echo(args: argparse.Namespace) -> None:
     config = WebSocketComponentConfig(max_message_size=args.max_message_size, queue_max_bytes=args.max_message_size * 2)
     echo = EchoComponent(config)
-    print(f"flockws echo on ws://{args.host}:{args.port}/ (any path)", file=sys.stderr, flush=True)
-    await serve([echo], host=args.host, port=args.port)
+    async with Server([echo], host=args.host, port=args.port) as server:
+        # After binding: with --port 0 the real port is known only now.
+        print(f"flockws echo on {server.url('/')} (any path)", file=sys.stderr, flush=True)
+        await anyio.sleep_forever()
 
 
 # ---------------------------------------------------------------- demo
