@@ -38,6 +38,15 @@ _SKIP = frozenset(
 )
 
 
+def set_keepalive(sock: socket.socket, idle: float) -> None:
+    """TCP keepalive: probe after ``idle`` seconds of silence, every ``idle / 6`` (at least 1 s), give up after 5."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; others keep their system-wide defaults
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(idle)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(idle) // 6))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
+
+
 class Listener:
     """A listening socket being served; ``close()`` stops it."""
 

@@ -41,6 +41,10 @@ class ServerComponent:
     def serves_websocket(self, path: str) -> bool:
         return False
 
+    def answer_now(self, request: Request) -> Response | None:
+        """Answer a plain HTTP request without awaiting (no task), or None to pass."""
+        return None
+
     async def handle_http(self, request: Request) -> Response | None:
         return None
 

@@ -45,6 +45,7 @@ from urllib.parse import parse_qs
 
 import anyio
 
+from .accept import set_keepalive
 from .asgi import APP, HTTPCycle, WebSocketCycle, make_cycle
 from .broadcast import Client, Subscription
 from .components import subscription_fields
@@ -77,6 +78,7 @@ class Host(Protocol):
     ssl: ssl_module.SSLContext | None
     app: ASGIApp | None
     stopping: bool
+    tcp_keepalive: float | None
 
     @property
     def app_state(self) -> dict[str, Any]: ...
@@ -249,6 +251,12 @@ class Connection(asyncio.Protocol):
             transport.abort()  # never served (no core): connection_lost still reports it to the server
             return
         self.proto = ServerProtocol(max_header_size=server.max_header_size)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and server.tcp_keepalive:
+            try:
+                set_keepalive(sock, server.tcp_keepalive)
+            except OSError:  # not a TCP socket (a test's, a Unix socket): nothing to reap
+                pass
         if server.ssl is not None:
             self.tls = True
             self._enter(Phase.TLS)
@@ -403,6 +411,9 @@ class Connection(asyncio.Protocol):
             if proto.state is State.CLOSED:
                 self._end()
             else:  # keep-alive: the next request gets a fresh handshake_timeout
+                # An answered connection no longer holds a pending-handshake slot: kept alive, it
+                # could hold it for ever and lock everyone out (it is still cut off when it idles).
+                self.server.handshake_done(self)
                 self._enter(Phase.REQUEST)
             return
         component, principal = decision

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 
@@ -42,8 +42,8 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(managers: Iterable[tuple[str, Any]]) -> str:
-    """Render the counters of every ``(endpoint, manager)`` pair."""
+def render(managers: Iterable[tuple[str, Any]], refused: Mapping[str, int] | None = None) -> str:
+    """Render the counters of every ``(endpoint, manager)`` pair, and ``refused`` before routing."""
     managers = list(managers)
     out: list[str] = []
 
@@ -71,6 +71,12 @@ def render(managers: Iterable[tuple[str, Any]]) -> str:
             for ep, m in managers
             for reason, n in sorted(m.handshake_failures.items())
         ),
+    )
+    family(
+        "flockws_refused_before_routing_total",
+        "counter",
+        "Connections refused before any endpoint was chosen (TLS, timeouts, malformed HTTP, pending limits), by reason.",
+        (f'flockws_refused_before_routing_total{{reason="{_escape(reason)}"}} {n}' for reason, n in sorted((refused or {}).items())),
     )
     per_endpoint("flockws_broadcasts_total", "counter", "Messages broadcast.", "messages_broadcast")
     per_endpoint("flockws_frames_delivered_total", "counter", "Messages written to clients.", "frames_delivered")

@@ -12,6 +12,7 @@ cancelled) stops accepting, sends 1001 to every client, waits at most
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import socket
@@ -34,18 +35,15 @@ from anyio.abc import ByteStream, TaskStatus
 from .accept import Listener, listen
 from .asgi import APP, ASGIApp, Lifespan
 from .auth import Refused
+from .builtins import AsyncAPIComponent, HealthComponent, MetricsComponent
 from .components import ServerComponent, WebSocketServerComponent, subscription_fields
 from .connection import Connection, Flusher
 from .http import Response
-from .metrics import render as render_metrics
 from .origin import host_allowed, is_loopback_name, same_origin, split_host
 from .protocol import CLOSE_GOING_AWAY, DEFAULT_MAX_HEADER_SIZE, Request
 
 log = logging.getLogger("flockws")
 
-HEALTH_PATH = "/healthz"
-METRICS_PATH = "/metrics"
-ASYNCAPI_PATH = "/asyncapi.json"
 
 Decision = Response | tuple[WebSocketServerComponent, Any] | Any  # Any: APP
 
@@ -74,14 +72,25 @@ class Server:
         app: ASGIApp | None = None,
         lifespan: str = "auto",
         allowed_hosts: Sequence[str] | None = None,
+        public_metrics: bool = False,
+        tcp_keepalive: float | None = 60.0,
     ) -> None:
         components = list(components or [])
         if dashboard:
             from .dashboard import with_dashboard
 
             components = with_dashboard(components)
-        self.components = sorted(components, key=lambda c: c.priority)
-        self.websockets = [c for c in self.components if isinstance(c, WebSocketServerComponent)]
+        websockets = [c for c in components if isinstance(c, WebSocketServerComponent)]
+        # Refusals before any endpoint was chosen (TLS, timeouts, malformed HTTP, pending limits, Host).
+        self.refused: Counter[str] = Counter()
+        builtins: list[ServerComponent] = [
+            HealthComponent(),
+            MetricsComponent(websockets, self.refused, root=app is None, public=public_metrics),
+            AsyncAPIComponent(components),
+        ]
+        # sorted() is stable: at equal priority, the components given come before the built-ins.
+        self.components = sorted([*components, *builtins], key=lambda c: c.priority)
+        self.websockets = websockets
         self.host = host
         self.requested_port = port
         configs = [c.config for c in self.websockets]
@@ -109,8 +118,12 @@ class Server:
         self.lifespan = Lifespan(app, lifespan) if app is not None else None
         # Host names answered (see flockws.origin): None = any, or loopback names only when bound to loopback.
         self.allowed_hosts = list(allowed_hosts) if allowed_hosts is not None else None
+        # Seconds of silence before the kernel probes a connection (then reaps it if the peer vanished):
+        # with the heartbeat off (the default), nothing else would notice a client that disappeared.
+        self.tcp_keepalive = tcp_keepalive
         self.loopback_only = False
         self._origin_policy = any(c.decides_origin for c in self.components)
+        # Components that may answer plain HTTP only after awaiting (a task per such request).
         self._own_http = any(type(c).handle_http is not ServerComponent.handle_http for c in self.components)
 
     # ------------------------------------------------------------ lifecycle
@@ -133,6 +146,7 @@ class Server:
             "pending_by_address": dict(self._pending),
             "websockets_by_address": {c.endpoint: dict(self._per_address[c]) for c in self.websockets},
             "refused_pending": self.refused_pending,
+            "refused_before_routing": dict(self.refused),
         }
 
     async def __aenter__(self) -> Server:
@@ -256,7 +270,7 @@ class Server:
     def admit(self, connection: Connection) -> bool:
         """A new TCP connection: count it, or refuse it when too many handshakes are unfinished."""
         self._connections.add(connection)
-        host = connection.host
+        host = address_key(connection.host)
         if self.stopping:
             return False
         if self._pending.total() >= self.max_pending_handshakes or (
@@ -273,21 +287,22 @@ class Server:
     def handshake_done(self, connection: Connection) -> None:
         if connection.pending:
             connection.pending = False
-            host = connection.host
+            host = address_key(connection.host)
             self._pending[host] -= 1
             if self._pending[host] <= 0:
                 del self._pending[host]
 
     def websocket_opened(self, connection: Connection, component: WebSocketServerComponent) -> None:
-        self._per_address[component][connection.host] += 1
+        self._per_address[component][address_key(connection.host)] += 1
 
     def connection_closed(self, connection: Connection) -> None:
         self.handshake_done(connection)
         if connection.client is not None and connection.component is not None:
             by_address = self._per_address[connection.component]
-            by_address[connection.host] -= 1
-            if by_address[connection.host] <= 0:
-                del by_address[connection.host]
+            key = address_key(connection.host)
+            by_address[key] -= 1
+            if by_address[key] <= 0:
+                del by_address[key]
         self._connections.discard(connection)
         if not self._connections and self._drained is not None:
             self._drained.set()
@@ -295,8 +310,8 @@ class Server:
     # ------------------------------------------------------------ routing
 
     def count_failure(self, reason: str) -> None:
-        for component in self.websockets[:1]:
-            component.manager.handshake_failures[reason] += 1
+        """A connection refused before any endpoint was chosen (counted apart from every endpoint's)."""
+        self.refused[reason] += 1
 
     def _admit(self, component: WebSocketServerComponent, host: str) -> Response | None:
         """Connection limits: 503 when the endpoint is full, 429 when this address holds too many."""
@@ -304,7 +319,7 @@ class Server:
         if config.max_connections is not None and len(component.manager) >= config.max_connections:
             return Response.text(503, "too many connections; retry later", [("retry-after", "5")])
         per_address = config.max_connections_per_address
-        if per_address is not None and self._per_address[component][host] >= per_address:
+        if per_address is not None and self._per_address[component][address_key(host)] >= per_address:
             return Response.text(429, "too many connections from this address", [("retry-after", "5")])
         return None
 
@@ -346,23 +361,16 @@ class Server:
                 426, "this is a WebSocket endpoint; connect with a WebSocket client",
                 [("upgrade", "websocket"), ("sec-websocket-version", "13")],
             )
-        elif request.method not in ("GET", "HEAD"):
-            return APP if self.app is not None and not self._own_http else None
-        elif path == HEALTH_PATH:
-            response = Response.text(200, "ok")
-        elif path == METRICS_PATH and self.app is None or self._endpoint_route(path, "metrics") is not None:
-            # With an application, /metrics is its own (Flock has one): ours stays at {prefix}metrics.
-            body = render_metrics((c.endpoint, c.manager) for c in self.websockets).encode()
-            response = Response(200, body, [("content-type", "text/plain; version=0.0.4; charset=utf-8")])
-        elif (stats := self._endpoint_route(path, "stats")) is not None:
-            response = Response.json(stats.manager.stats())
-        elif path == ASYNCAPI_PATH:
-            from .asyncapi import build_document
-
-            response = Response.json(build_document(self.components))
-        else:
-            return APP if self.app is not None and not self._own_http else None
-        return self._decorated(request, response)
+            return self._decorated(request, response)
+        for component in self.components:
+            answer = component.answer_now(request)
+            if answer is not None:
+                return self._decorated(request, answer)
+        if self._own_http:
+            return None  # a component may answer after awaiting (route)
+        if self.app is not None:
+            return APP
+        return self._decorated(request, Response.text(404, f"not found: {path}"))
 
     async def route(self, request: Request, host: str) -> Decision:
         """The answers that await: an ``authenticate`` hook, or the components' ``handle_http``."""
@@ -426,9 +434,10 @@ class Server:
         return self._admit(target, host)
 
     def _refuse(self, request: Request, target: WebSocketServerComponent | None, response: Response, host: str) -> Response:
-        stats_target = target or (self.websockets[0] if self.websockets else None)
-        if stats_target is not None:
-            stats_target.manager.handshake_failures[str(response.status)] += 1
+        if target is not None:
+            target.manager.handshake_failures[str(response.status)] += 1
+        else:
+            self.refused[str(response.status)] += 1
         log.info("refuse remote=%s path=%s status=%s", host, request.path, response.status)
         return self._decorated(request, response)
 
@@ -437,17 +446,19 @@ class Server:
             component.decorate(request, response)
         return response
 
-    def _endpoint_route(self, path: str, name: str) -> WebSocketServerComponent | None:
-        """The endpoint whose ``{prefix}stats`` / ``{prefix}metrics`` this path is.
 
-        With an application mounted, an endpoint at the root prefix (the stock Flock
-        dashboard's ``/ws``) has none: ``/stats`` and ``/metrics`` are the application's.
-        """
-        for component in self.websockets:
-            prefix = component.config.prefix.rstrip("/")
-            if path == prefix + "/" + name and (prefix or self.app is None):
-                return component
-        return None
+def address_key(host: str) -> str:
+    """What the per-address limits count by: the IPv4 address, or the IPv6 /64.
+
+    One IPv6 host commonly holds a whole /64 (2^64 addresses): keyed by the full
+    address, a handful of hosts could take every pending-handshake slot.
+    """
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.ip_network(f"{host.split('%', 1)[0]}/64", strict=False))
+    except ValueError:
+        return host
 
 
 class _StartupFailed(Exception):
