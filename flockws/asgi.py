@@ -119,16 +119,22 @@ class HTTPCycle:
         self.buffered = 0
         self.body_done = not request.has_body
         self.body_received = False  # the last http.request went to the application
+        expect = request.header("expect")
+        self.expects_continue = bool(expect and expect.strip().lower() == "100-continue" and not self.body_done)
         self.disconnected = False
-        self.started = False  # http.response.start received
+        self.started = False  # http.response.start received (and its head written)
         self.complete = False  # the last body message was sent
-        self.start: ASGIMessage | None = None
         self.wakeup = asyncio.Event()  # body arrived, room to write, or the client left
 
     # -------------------------------------------------- from the connection (loop callbacks)
 
     def process(self) -> None:
         """Take what the core parsed of the request's body."""
+        if self.complete:
+            # The response is out and the core has moved on: what it parses now is the next
+            # request, which is the connection's once the application returns (cycle_done).
+            self.link.set_reading(False)
+            return
         for event in self.link.proto.events():
             if isinstance(event, RequestData):
                 self.body.append(event.data)
@@ -157,6 +163,12 @@ class HTTPCycle:
     # -------------------------------------------------- the application's side
 
     async def receive(self) -> ASGIMessage:
+        if self.expects_continue:
+            # The client waits for this before sending its body (RFC 9110 10.1.1), as uvicorn sends it.
+            self.expects_continue = False
+            if not self.started and not self.disconnected:
+                self.link.proto.send_continue()
+                self.link.write(self.link.proto.data_to_send())
         while True:
             if self.body or (self.body_done and not self.body_received):
                 data = b"".join(self.body)
@@ -178,7 +190,13 @@ class HTTPCycle:
             if kind != "http.response.start":
                 raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{kind}'.")
             self.started = True
-            self.start = message  # written with the first body message: one write, one segment
+            self.expects_continue = False
+            if not self.disconnected:
+                # Written now, as uvicorn does: an application streaming events may wait long
+                # before its first body message, and its client waits for the head meanwhile.
+                headers = [(_str(k), _str(v)) for k, v in message.get("headers", ())]
+                self.link.proto.start_response(int(message["status"]), headers)
+                self.link.write(self.link.proto.data_to_send())
             return
         if self.complete:
             raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, after response already completed.")
@@ -187,10 +205,6 @@ class HTTPCycle:
         if self.disconnected:
             return
         proto = self.link.proto
-        if self.start is not None:
-            start, self.start = self.start, None
-            headers = [(_str(k), _str(v)) for k, v in start.get("headers", ())]
-            proto.start_response(int(start["status"]), headers)
         body = bytes(message.get("body", b""))
         proto.send_body(body)
         if not message.get("more_body", False):
@@ -224,7 +238,7 @@ class HTTPCycle:
     def _fail(self) -> None:
         if self.disconnected or self.complete:
             return
-        if not self.started or self.start is not None:  # nothing of the response is out yet
+        if not self.started:  # nothing of the response is out yet
             self.complete = True
             self.link.proto.respond(500, _500, [("content-type", "text/plain; charset=utf-8")], close=True)
             self.link.write(self.link.proto.data_to_send())
@@ -270,6 +284,16 @@ class WebSocketCycle:
 
     def writable(self) -> None:
         self.wakeup.set()
+
+    def going_away(self) -> None:
+        """Server shutdown: close 1001, the application hears its disconnect when the peer answers."""
+        proto = self.link.proto
+        if self.accepted and not self.closed and proto.state is State.OPEN:
+            proto.close(1001, "server shutdown")
+            self.closed = True
+            self.link.write(proto.data_to_send())
+        elif not self.accepted:
+            self.link.close_after_write()
 
     def lost(self) -> None:
         if not self.gone:
@@ -331,10 +355,12 @@ class WebSocketCycle:
             raise RuntimeError(f"Expected ASGI message 'websocket.send' or 'websocket.close', but got '{kind}'.")
 
     async def run(self, app: ASGIApp) -> None:
+        code = 1000
         try:
             await app(self.scope, self.receive, self.send)
         except Exception:
             log.exception("Exception in ASGI application")
+            code = 1011  # an internal error, not a normal close
         finally:
             if not self.accepted and not self.closed:
                 # Returned or raised without answering the upgrade: 500 (uvicorn does the same).
@@ -344,8 +370,8 @@ class WebSocketCycle:
                     self.link.write(self.link.proto.data_to_send())
                     self.link.close_after_write()
             elif not self.closed and not self.gone:
-                # The application returned with the WebSocket open: close it for it (1000).
-                self.link.proto.close(1000)
+                # The application returned (1000) or raised (1011) with the WebSocket open: close it for it.
+                self.link.proto.close(code)
                 self.link.write(self.link.proto.data_to_send())
                 self.closed = True
                 self.link.close_after_write()
@@ -395,9 +421,13 @@ class Lifespan:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            for future in (self._startup, self._shutdown):
-                if not future.done():
-                    future.set_result("the application's lifespan returned early")
+            if not self._startup.done():
+                # Returned without a word on the lifespan scope (``if scope["type"] != "http": return``):
+                # not a failure, as under uvicorn; nothing to shut down either.
+                self._unsupported = True
+                self._startup.set_result(None)
+            if not self._shutdown.done():
+                self._shutdown.set_result(None)
 
     async def startup(self) -> str | None:
         """Run the application's startup; the failure's message, or None."""

@@ -423,6 +423,12 @@ class WebSocketManager:
             message = as_mapping(message)
         if not isinstance(message, Mapping):
             raise TypeError(f"cannot broadcast {type(message).__name__}: expected str, bytes or a mapping")
+        if not self._connections and not self.history.max_events:
+            # Nobody to send it to and nothing to keep: the seq still counts, nothing is encoded.
+            if "type" not in message:
+                raise ValueError("event mapping has no 'type' field")
+            self.seq += 1
+            return 0
         event = {**message, "seq": self.seq + 1}
         if self.shape is None:
             frame = self.encode(event)  # raises before the seq is spent

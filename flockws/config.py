@@ -68,7 +68,6 @@ class WebSocketComponentConfig:
             "max_message_size",
             "fragment_size",
             "inbound_burst",
-            "history_max_events",
             "history_max_bytes",
             "subscription_max_values",
             "subscription_max_value_length",
@@ -76,6 +75,8 @@ class WebSocketComponentConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.history_max_events, bool) or not isinstance(self.history_max_events, int) or self.history_max_events < 0:
+            raise ConfigError(f"history_max_events must be an integer >= 0 (0: no resume history), got {self.history_max_events!r}")
         for name in ("max_connections", "max_connections_per_address"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):

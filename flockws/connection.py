@@ -459,6 +459,9 @@ class Connection(asyncio.Protocol):
         if proto.state is State.CLOSED:
             self._end()
             return
+        if self.server.stopping:  # the response the shutdown waited for is out: no next request
+            self._close()
+            return
         self._enter(Phase.REQUEST)
         if not self.paused:
             self._resume_reading()
@@ -703,11 +706,24 @@ class Connection(asyncio.Protocol):
             return
         expire()
 
-    def close_idle(self) -> None:
-        """Shutdown: end a connection that has no WebSocket yet (between requests, lingering, or
-        waiting for a hook, whose task the shutdown cancels): there is nothing to wait for."""
-        if self.client is None and self.transport is not None:
-            self.transport.close()
+    def shutdown(self) -> None:
+        """The server is shutting down: end what has nothing to wait for, close what does politely.
+
+        Between requests, lingering, or waiting for a hook (whose task the shutdown
+        cancels): closed now.  An application's response still going out is left
+        to finish (the server aborts what is left after ``close_timeout``); an
+        application's WebSocket gets a close 1001 "going away".  flockws' own
+        WebSockets are closed by their managers.
+        """
+        if self.transport is None or self.client is not None or self.lost:
+            return
+        cycle = self.cycle
+        if isinstance(cycle, HTTPCycle):
+            return
+        if isinstance(cycle, WebSocketCycle):
+            cycle.going_away()
+            return
+        self.transport.close()
 
     def _handshake_timed_out(self) -> None:
         self.timer = None

@@ -530,6 +530,11 @@ class ServerProtocol:
         self._answering = request
         self._out.append(self._h11.send(h11.Response(status_code=status, headers=hdrs, reason=_phrase(status).encode())) or b"")
 
+    def send_continue(self) -> None:
+        """``100 Continue`` for a pending request whose client waits for it before sending its body."""
+        if self._h11 is not None and self._h11.they_are_waiting_for_100_continue:
+            self._out.append(self._h11.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
+
     def send_body(self, data: bytes) -> None:
         """Part of the streamed response's body (dropped for a HEAD request, as HTTP requires)."""
         request = self._answering

@@ -211,7 +211,7 @@ class Server:
         if self._background is not None:
             self._background.cancel_scope.cancel()
         for connection in list(self._connections):
-            connection.close_idle()  # between HTTP requests: nothing to wait for
+            connection.shutdown()  # between HTTP requests: nothing to wait for; an application's: politely
         for component in self.websockets:
             component.manager.close_all(CLOSE_GOING_AWAY, "server shutdown")
             component.manager._token = None

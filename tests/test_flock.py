@@ -81,7 +81,7 @@ async def test_every_real_event_type_arrives_on_both_endpoints_in_flocks_order()
     assert [e["event_type"] for e in envelopes] == [f["type"] for f in flat]
     for envelope, event in zip(envelopes, flat, strict=True):
         assert envelope["data"] == {k: v for k, v in event.items() if k not in ("type", "seq")}
-        assert envelope["correlation_id"] == event.get("correlation_id")
+        assert envelope["seq"] == event["seq"]
     # Streamed tokens keep Flock's per-run sequence.
     by_run: dict[str, list[int]] = {}
     for event in flat:

@@ -58,8 +58,6 @@ def test_dashboard_envelope_wraps_the_bare_event_the_stock_parser_reads() -> Non
     flat = {"type": "batch_item_added", "seq": 7, "timestamp": "t", "correlation_id": "c", "agent_name": "batcher"}
     assert dashboard_envelope(flat) == {
         "event_type": "batch_item_added",
-        "timestamp": "t",
-        "correlation_id": "c",
         "data": {"timestamp": "t", "correlation_id": "c", "agent_name": "batcher"},
         "seq": 7,
     }
@@ -74,6 +72,15 @@ def test_a_manager_with_a_shape_encodes_it_once_and_keeps_the_flat_event_for_hoo
     with pytest.raises(ValueError, match="no 'type'"):
         manager.broadcast({"agent_name": "x"})
     assert manager.seq == 1  # a refused event spends no seq
+
+
+def test_a_manager_without_history_or_clients_encodes_nothing_but_counts() -> None:
+    """The dashboard endpoint of an idle Flock costs no JSON per event (it keeps no history by default)."""
+    manager = WebSocketManager(shape=dashboard_envelope, history_max_events=0)
+    assert manager.broadcast({"type": "streaming_output", "content": "abc"}) == 0
+    assert manager.seq == 1 and len(manager.history) == 0 and manager.messages_broadcast == 0
+    with pytest.raises(ValueError, match="no 'type'"):
+        manager.broadcast({"content": "abc"})
 
 
 def test_is_ping_accepts_only_the_dashboards_json_ping() -> None:

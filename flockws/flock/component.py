@@ -57,6 +57,11 @@ class FlockwsComponent(ServerComponent):  # type: ignore[misc]
     authenticate: Any = None
     visible: Any = None
     serve_dashboard_endpoint: bool = Field(default=True, description="also answer the stock dashboard's /ws")
+    dashboard_history: int = Field(
+        default=0,
+        description="events /ws keeps for ?since= resume; the stock dashboard reloads from Flock's API instead, "
+        "so by default /ws keeps none and an idle /ws encodes nothing",
+    )
 
     _endpoint: WebSocketServerComponent = PrivateAttr()
     _dashboard: WebSocketServerComponent | None = PrivateAttr(default=None)
@@ -71,7 +76,7 @@ class FlockwsComponent(ServerComponent):  # type: ignore[misc]
         visible: Visible | None = self.visible
         self._endpoint = WebSocketServerComponent(self.config, authenticate=authenticate, visible=visible)
         if self.serve_dashboard_endpoint:
-            dashboard_config = dataclasses.replace(self.config, prefix=DASHBOARD_PREFIX)
+            dashboard_config = dataclasses.replace(self.config, prefix=DASHBOARD_PREFIX, history_max_events=self.dashboard_history)
             if dashboard_config.endpoint == self.config.endpoint:
                 raise ValueError("prefix '/' puts the documented endpoint on the dashboard's /ws; choose another prefix")
             self._dashboard = WebSocketServerComponent(

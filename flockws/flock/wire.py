@@ -9,8 +9,9 @@ then each endpoint has its own shape, each encoded once per broadcast:
 * the documented endpoint (``{prefix}ws``): the page's contract, a flat
   object ``{"type": ..., <the event's own fields>, "seq": N}``;
 * ``/ws`` (the stock dashboard): the envelope its parser reads without
-  guessing, ``{"event_type", "timestamp", "correlation_id", "data", "seq"}``,
-  with ``data`` the bare event exactly as stock Flock sends it.
+  guessing, ``{"event_type", "data", "seq"}``, with ``data`` the bare event
+  exactly as stock Flock sends it (the parser reads ``event_type`` and
+  ``data`` only, so nothing else is repeated outside ``data``).
 """
 
 from __future__ import annotations
@@ -48,13 +49,7 @@ def flat_event(event: Any) -> dict[str, Any]:
 def dashboard_envelope(event: Mapping[str, Any]) -> dict[str, Any]:
     """The stock dashboard's envelope for a flat event (``seq`` kept beside it for resume)."""
     data = {k: v for k, v in event.items() if k not in ("type", "seq")}
-    return {
-        "event_type": event["type"],
-        "timestamp": event.get("timestamp"),
-        "correlation_id": event.get("correlation_id"),
-        "data": data,
-        "seq": event.get("seq"),
-    }
+    return {"event_type": event["type"], "data": data, "seq": event.get("seq")}
 
 
 PONG = {"type": "pong"}
