@@ -64,6 +64,7 @@ LINGER_TIMEOUT = 2.0  # at most this long draining a peer after a closing HTTP r
 FLUSH_SLICE = 0.002  # seconds of writes before the flusher lets the loop run
 FRAME_BUDGET = 256  # inbound frames parsed per connection per turn of the loop
 REQUEST_BUDGET = 16  # pipelined HTTP requests answered per connection per turn of the loop
+STREAM_CHUNK = 64 * 1024  # a streamed response body is read and written in pieces of this size
 
 Decision = Response | tuple["WebSocketServerComponent", Any] | Any  # Any: asgi.APP
 
@@ -188,6 +189,7 @@ class Connection(asyncio.Protocol):
         "tls",
         "close_code",
         "last_buffered",
+        "drained",
     )
 
     def __init__(self, server: Host) -> None:
@@ -212,6 +214,7 @@ class Connection(asyncio.Protocol):
         self.tls = False
         self.close_code = CLOSE_ABNORMAL  # what the connection ended with, for the log
         self.last_buffered: int | None = None  # write buffer at the last deadline (progress check)
+        self.drained: anyio.Event | None = None  # a streamed body waits for resume_writing
 
     @property
     def lost(self) -> bool:
@@ -316,6 +319,8 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self.drained is not None:
+            self.drained.set()
         if self.client is not None:
             self.set()
         elif self.cycle is not None:
@@ -405,6 +410,13 @@ class Connection(asyncio.Protocol):
         if decision is APP:
             self._start_cycle(request)
             return
+        if isinstance(decision, Response) and decision.stream is not None:
+            proto.start_response(decision.status, decision.headers, close=decision.close)
+            self.transport.write(proto.data_to_send())
+            self._enter(Phase.APP)  # the pace is the reader's; _send_stream bounds a reader that stops
+            self.server.handshake_done(self)
+            self.server.spawn(self._send_stream, decision)
+            return
         if isinstance(decision, Response):
             proto.respond(decision.status, decision.body, decision.headers, close=decision.close)
             self.transport.write(proto.data_to_send())
@@ -419,6 +431,42 @@ class Connection(asyncio.Protocol):
         component, principal = decision
         proto.accept()
         self._open(component, principal, request)
+
+    async def _send_stream(self, response: Response) -> None:
+        """Send a streamed body (a large file) as the client takes it: one piece in memory at a time.
+
+        A reader that takes nothing for ``handshake_timeout`` (no ``resume_writing``)
+        is cut off; a slow reader that keeps reading is not.
+        """
+        body = response.stream
+        assert body is not None and self.proto is not None
+        proto = self.proto
+        try:
+            with anyio.CancelScope() as self.hook:  # ends with the connection
+                remaining = body.length
+                while remaining > 0 and not self.lost:
+                    if self.paused:
+                        self.drained = anyio.Event()
+                        with anyio.move_on_after(self.server.handshake_timeout):
+                            await self.drained.wait()
+                        if self.paused:
+                            self.abort()  # it stopped reading
+                            return
+                        continue
+                    chunk = await anyio.to_thread.run_sync(body.read, min(STREAM_CHUNK, remaining))
+                    if not chunk or self.lost:  # the file shrank under us: the length we promised is wrong
+                        self.abort()
+                        return
+                    proto.send_body(chunk)
+                    self.write(proto.data_to_send())
+                    remaining -= len(chunk)
+        finally:
+            self.hook = self.drained = None
+            await anyio.to_thread.run_sync(body.close)
+        if not self.lost:
+            proto.end_response()
+            self.write(proto.data_to_send())
+            self.cycle_done()
 
     def _start_cycle(self, request: Request) -> None:
         """Hand the request to the ASGI application: it reads the body and writes the answer."""

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+
+class BodyStream(Protocol):
+    """A response body read in pieces (a file): ``length`` bytes in all, ``read`` in a worker thread."""
+
+    length: int
+
+    def read(self, size: int) -> bytes: ...
+    def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -13,6 +22,7 @@ class Response:
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
     close: bool = False  # close the connection after this response
+    stream: BodyStream | None = None  # instead of ``body``: sent in pieces as the client reads them
 
     @classmethod
     def text(cls, status: int, text: str, headers: list[tuple[str, str]] | None = None) -> Response:

@@ -56,7 +56,9 @@ pytestmark = [
     pytest.mark.timeout(180),
 ]
 
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "flock-dashboard.png"
+# The README's picture is refreshed only when asked (FLOCKWS_UPDATE_SCREENSHOTS=1); other runs write to artifacts/.
+_ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = _ROOT / ("docs" if os.environ.get("FLOCKWS_UPDATE_SCREENSHOTS") else "artifacts") / "flock-dashboard.png"
 VIEWPORT = {"width": 1400, "height": 900}
 WAIT_MS = 15_000  # Playwright's waits
 WAIT_S = WAIT_MS / 1000
@@ -302,4 +304,5 @@ def take_screenshot(tab: Tab) -> None:
     page.mouse.move(VIEWPORT["width"] - 600 - 12 + 60, 352 + box["height"] / 2, steps=10)
     page.mouse.up()
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), animations="disabled")

@@ -342,3 +342,54 @@ async def test_file_reads_do_not_block_the_event_loop(site, monkeypatch):
         finally:
             release.set()
         assert result[0].body == b"console.log('hi')"
+
+
+async def test_a_large_file_streams_from_disk_with_memory_bounded_per_reader(tmp_path) -> None:
+    """20 clients that do not read a 16 MiB file once held 320 MiB; now each holds a piece, and a reader gets it all."""
+    import hashlib
+    import socket
+    import tracemalloc
+
+    data = os.urandom(16 << 20)
+    (tmp_path / "big.bin").write_bytes(data)
+    static = StaticFilesServerComponent(directory=str(tmp_path))
+    request = b"GET /big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    stalled: list[socket.socket] = []
+    tracemalloc.start()
+    try:
+        async with Server([static], port=0) as server:
+            for _ in range(20):
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.connect(("127.0.0.1", server.port))
+                sock.sendall(request)
+                stalled.append(sock)
+            def answered(sock: socket.socket) -> bool:
+                try:
+                    return sock.recv(12, socket.MSG_PEEK | socket.MSG_DONTWAIT).startswith(b"HTTP/1.1 200")
+                except BlockingIOError:
+                    return False
+
+            with anyio.fail_after(20):  # every response under way (and, before streaming, its file read)
+                while not all(map(answered, stalled)):
+                    await anyio.sleep(0.01)
+            held, _peak = tracemalloc.get_traced_memory()
+            assert held < 40 << 20, f"{held / 2**20:.0f} MiB held for 20 stalled readers"
+            for sock in stalled:
+                sock.close()
+            with anyio.fail_after(20):  # a reader gets every byte, in order
+                async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+                    await stream.send(request)
+                    received = bytearray()
+                    while b"\r\n\r\n" not in received:
+                        received += await stream.receive()
+                    head, _, body = bytes(received).partition(b"\r\n\r\n")
+                    assert head.startswith(b"HTTP/1.1 200") and f"content-length: {len(data)}".encode() in head.lower()
+                    body = bytearray(body)
+                    while len(body) < len(data):
+                        body += await stream.receive()
+                    assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+    finally:
+        tracemalloc.stop()
+        for sock in stalled:
+            sock.close()
