@@ -77,7 +77,7 @@ def main() -> None:
     print("| server | N | connect s (median, min–max) | server µs/conn | of it GC | KiB/conn |")
     print("|---|---:|---:|---:|---:|---:|")
     for server, rs in results.items():
-        med = lambda k: statistics.median(r[k] for r in rs)  # noqa: E731
+        med = lambda k, rs=rs: statistics.median(r[k] for r in rs)  # noqa: E731
         lo, hi = min(r["connect_s"] for r in rs), max(r["connect_s"] for r in rs)
         print(
             f"| {server} | {args.clients:,} | {med('connect_s'):.2f} ({lo:.2f}–{hi:.2f}) | {med('server_us_per_conn'):.0f} "

@@ -106,7 +106,7 @@ class Proc:
 
     def __init__(self, name: str, argv: list[str], log: Path) -> None:
         self.name = name
-        self.log = open(log, "ab")
+        self.log = open(log, "ab")  # noqa: SIM115 - open for the process's life, closed in stop()
         self.p = subprocess.Popen(
             [PY, *argv], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, bufsize=0
         )
@@ -213,7 +213,7 @@ def percentiles(lat_files: list[str]) -> dict[str, float]:
         if not len(lat):
             return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan"), "samples": 0}
         p50, p99 = np.percentile(lat, [50, 99])
-        return {"p50_ms": p50 / 1e6, "p99_ms": p99 / 1e6, "max_ms": float(lat.max()) / 1e6, "samples": int(len(lat))}
+        return {"p50_ms": p50 / 1e6, "p99_ms": p99 / 1e6, "max_ms": float(lat.max()) / 1e6, "samples": len(lat)}
     values = array.array("q")
     for f in lat_files:
         if os.path.exists(f):
@@ -284,7 +284,7 @@ def session(
         }
         for sc in scenarios:
             lat_files = [str(tmp / f"{tag}-{sc.name.replace('/', '_')}-{i}.lat") for i in range(procs)]
-            for g, lf in zip(gens, lat_files):
+            for g, lf in zip(gens, lat_files, strict=True):
                 g.call({"cmd": "expect", "n": sc.messages, "size": sc.size, "lat_file": lf}, 60, "expecting")
             sampler = RssSampler(pid)
             core0_before = core_busy(0)
@@ -420,11 +420,11 @@ def main_table(records: list[dict[str, Any]]) -> str:
     ]
     order = {name: i for i, name in enumerate(SERVERS)}
     for key in sorted(g, key=lambda k: (k[0] != "burst", k[0], k[1], order.get(k[3], 99))):
-        scenario, n, stalled, server = key
+        scenario, n, _stalled, server = key
         if scenario == "slow":
             continue
         rs = g[key]
-        col = lambda k: [r[k] for r in rs]  # noqa: E731
+        col = lambda k, rs=rs: [r[k] for r in rs]  # noqa: E731
         lines.append(
             f"| {scenario} | {n:,} | {server} | {len(rs)} | {_med(col('connect_s')):.2f} ({_med([r.get('loadgen_connect_cpu_share', float('nan')) for r in rs]) * 100:.0f}%) "
             f"| {_med(col('kib_per_conn')):.1f} "
@@ -458,7 +458,7 @@ def slow_table(records: list[dict[str, Any]]) -> str:
         codes = []
         for r in stall:
             d = r.get("stalled_drain") or {}
-            codes.append(",".join(f"{k}×{v}" for k, v in (d.get("close_codes") or {}).items()) or ("EOF×%d" % d.get("closed", 0) if d.get("closed") else "none"))
+            codes.append(",".join(f"{k}×{v}" for k, v in (d.get("close_codes") or {}).items()) or (f"EOF×{int(d['closed'])}" if d.get("closed") else "none"))
         lines.append(
             f"| {server} | {n:,} | {p0:.1f} ({_spread([r['p99_ms'] for r in base])}) | {p1:.1f} ({_spread([r['p99_ms'] for r in stall])}) "
             f"| {delta:+.0f}% | {int(_med([r['lost'] for r in base]))} / {int(_med([r['lost'] for r in stall]))} "

@@ -119,7 +119,7 @@ class Raw:
             except BlockingIOError:
                 await anyio.wait_writable(sock)
                 if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-                    raise ConnectionRefusedError
+                    raise ConnectionRefusedError from None
             return cls(await SocketStream.from_socket(sock))
         except BaseException:
             sock.close()

@@ -36,24 +36,24 @@ _EXPORTS = {
     "StaticFilesServerComponent": "static",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [*sorted(_EXPORTS), "__version__"]
 
-if TYPE_CHECKING:
-    from .broadcast import Client, WebSocketManager
-    from .components import ServerComponent, WebSocketServerComponent
-    from .config import ConfigError, WebSocketComponentConfig
-    from .cors import CORSComponent, CORSComponentConfig
+if TYPE_CHECKING:  # the same names for type checkers; ``X as X`` marks each as re-exported (PEP 484)
+    from .broadcast import Client as Client, WebSocketManager as WebSocketManager
+    from .components import ServerComponent as ServerComponent, WebSocketServerComponent as WebSocketServerComponent
+    from .config import ConfigError as ConfigError, WebSocketComponentConfig as WebSocketComponentConfig
+    from .cors import CORSComponent as CORSComponent, CORSComponentConfig as CORSComponentConfig
     from .events import (
-        AgentExecutionCompleted,
-        AgentExecutionStarted,
-        ArtifactPublished,
-        GraphUpdated,
-        StreamCoalescer,
-        StreamingOutput,
+        AgentExecutionCompleted as AgentExecutionCompleted,
+        AgentExecutionStarted as AgentExecutionStarted,
+        ArtifactPublished as ArtifactPublished,
+        GraphUpdated as GraphUpdated,
+        StreamCoalescer as StreamCoalescer,
+        StreamingOutput as StreamingOutput,
     )
-    from .http import Response
-    from .server import Server, serve
-    from .static import StaticFilesServerComponent
+    from .http import Response as Response
+    from .server import Server as Server, serve as serve
+    from .static import StaticFilesServerComponent as StaticFilesServerComponent
 
 
 def __getattr__(name: str) -> Any:

@@ -24,6 +24,7 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
+from typing import Protocol
 
 log = logging.getLogger("flockws")
 
@@ -47,8 +48,8 @@ def set_keepalive(sock: socket.socket, idle: float) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
 
 
-class Listener:
-    """A listening socket being served; ``close()`` stops it."""
+class Listener(Protocol):
+    """A listening socket being served (an :class:`Acceptor`, or the loop's own server); ``close()`` stops it."""
 
     def close(self) -> None: ...
 
@@ -57,7 +58,7 @@ async def listen(loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.
     """Serve ``sock``: flockws' own accept loop on asyncio's selector loop, the loop's own elsewhere."""
     if isinstance(loop, asyncio.SelectorEventLoop):
         return Acceptor(loop, factory, sock)
-    return await loop.create_server(factory, sock=sock, backlog=BACKLOG)  # type: ignore[return-value]
+    return await loop.create_server(factory, sock=sock, backlog=BACKLOG)
 
 
 class Acceptor(Listener):
@@ -76,7 +77,7 @@ class Acceptor(Listener):
         loop.add_reader(self.fd, self._accept)
 
     def _accept(self) -> None:
-        sock, loop, factory = self.sock, self.loop, self.factory
+        sock, loop = self.sock, self.loop
         for _ in range(BACKLOG):  # bounded: a connect storm cannot hold the loop for ever
             try:
                 conn, _ = sock.accept()

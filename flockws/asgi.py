@@ -73,9 +73,12 @@ APP = _App()
 
 
 class Link(Protocol):
-    """What a cycle needs of its connection (:class:`flockws.connection.Connection`)."""
+    """What a cycle needs of its connection (:class:`flockws.connection.Connection`).
 
-    proto: ServerProtocol
+    The connection's core (its :class:`ServerProtocol`) is handed to the cycle on its own:
+    a connection may have none (refused before it was served), a cycle always has one.
+    """
+
     paused: bool
 
     def write(self, data: bytes) -> None: ...
@@ -111,8 +114,9 @@ def _scope(request: Request, kind: str, client: tuple[str, int] | None, server: 
 class HTTPCycle:
     """One HTTP request answered by the application."""
 
-    def __init__(self, link: Link, request: Request, scope: Scope) -> None:
+    def __init__(self, link: Link, proto: ServerProtocol, request: Request, scope: Scope) -> None:
         self.link = link
+        self.proto = proto
         self.request = request
         self.scope = scope
         self.body: list[bytes] = []
@@ -135,7 +139,7 @@ class HTTPCycle:
             # request, which is the connection's once the application returns (cycle_done).
             self.link.set_reading(False)
             return
-        for event in self.link.proto.events():
+        for event in self.proto.events():
             if isinstance(event, RequestData):
                 self.body.append(event.data)
                 self.buffered += len(event.data)
@@ -144,13 +148,13 @@ class HTTPCycle:
             elif isinstance(event, HTTPError | Closed):
                 self.body_done = True
                 if isinstance(event, HTTPError):  # a broken body: the core wrote its 400
-                    self.link.write(self.link.proto.data_to_send())
+                    self.link.write(self.proto.data_to_send())
                     self.link.close_after_write()
                 self.disconnected = True
         self.wakeup.set()
         # Reading goes on while the response is written, so a reset ends the cycle at once;
         # what a client pipelines meanwhile waits in the core, up to the same bound.
-        self.link.set_reading(self.buffered < BODY_HIGH_WATER and self.link.proto.buffered_input < BODY_HIGH_WATER)
+        self.link.set_reading(self.buffered < BODY_HIGH_WATER and self.proto.buffered_input < BODY_HIGH_WATER)
 
     def writable(self) -> None:
         self.wakeup.set()
@@ -167,8 +171,8 @@ class HTTPCycle:
             # The client waits for this before sending its body (RFC 9110 10.1.1), as uvicorn sends it.
             self.expects_continue = False
             if not self.started and not self.disconnected:
-                self.link.proto.send_continue()
-                self.link.write(self.link.proto.data_to_send())
+                self.proto.send_continue()
+                self.link.write(self.proto.data_to_send())
         while True:
             if self.body or (self.body_done and not self.body_received):
                 data = b"".join(self.body)
@@ -195,8 +199,8 @@ class HTTPCycle:
                 # Written now, as uvicorn does: an application streaming events may wait long
                 # before its first body message, and its client waits for the head meanwhile.
                 headers = [(_str(k), _str(v)) for k, v in message.get("headers", ())]
-                self.link.proto.start_response(int(message["status"]), headers)
-                self.link.write(self.link.proto.data_to_send())
+                self.proto.start_response(int(message["status"]), headers)
+                self.link.write(self.proto.data_to_send())
             return
         if self.complete:
             raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, after response already completed.")
@@ -204,7 +208,7 @@ class HTTPCycle:
             raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
         if self.disconnected:
             return
-        proto = self.link.proto
+        proto = self.proto
         body = bytes(message.get("body", b""))
         proto.send_body(body)
         if not message.get("more_body", False):
@@ -240,8 +244,8 @@ class HTTPCycle:
             return
         if not self.started:  # nothing of the response is out yet
             self.complete = True
-            self.link.proto.respond(500, _500, [("content-type", "text/plain; charset=utf-8")], close=True)
-            self.link.write(self.link.proto.data_to_send())
+            self.proto.respond(500, _500, [("content-type", "text/plain; charset=utf-8")], close=True)
+            self.link.write(self.proto.data_to_send())
         else:  # half a response is out: the client can only learn of the failure by the close
             self.complete = True
             self.link.abort()
@@ -251,8 +255,9 @@ class HTTPCycle:
 class WebSocketCycle:
     """One WebSocket connection on a route of the application (not one of flockws' endpoints)."""
 
-    def __init__(self, link: Link, request: Request, scope: Scope) -> None:
+    def __init__(self, link: Link, proto: ServerProtocol, request: Request, scope: Scope) -> None:
         self.link = link
+        self.proto = proto
         self.request = request
         self.scope = scope
         self.inbox: list[ASGIMessage] = [{"type": "websocket.connect"}]
@@ -262,7 +267,7 @@ class WebSocketCycle:
         self.wakeup = asyncio.Event()
 
     def process(self) -> None:
-        proto = self.link.proto
+        proto = self.proto
         if not self.accepted:
             return  # the upgrade is not answered yet; frames wait in the core
         room = WS_INBOX_LIMIT - len(self.inbox)
@@ -287,7 +292,7 @@ class WebSocketCycle:
 
     def going_away(self) -> None:
         """Server shutdown: close 1001, the application hears its disconnect when the peer answers."""
-        proto = self.link.proto
+        proto = self.proto
         if self.accepted and not self.closed and proto.state is State.OPEN:
             proto.close(1001, "server shutdown")
             self.closed = True
@@ -315,7 +320,7 @@ class WebSocketCycle:
 
     async def send(self, message: ASGIMessage) -> None:
         kind = message["type"]
-        proto = self.link.proto
+        proto = self.proto
         if not self.accepted and not self.closed:
             if kind == "websocket.accept":
                 headers = [(_str(k), _str(v)) for k, v in message.get("headers", ())]
@@ -366,13 +371,13 @@ class WebSocketCycle:
                 # Returned or raised without answering the upgrade: 500 (uvicorn does the same).
                 self.closed = True
                 if not self.gone:
-                    self.link.proto.respond(500, _500, [("content-type", "text/plain; charset=utf-8")], close=True)
-                    self.link.write(self.link.proto.data_to_send())
+                    self.proto.respond(500, _500, [("content-type", "text/plain; charset=utf-8")], close=True)
+                    self.link.write(self.proto.data_to_send())
                     self.link.close_after_write()
             elif not self.closed and not self.gone:
                 # The application returned (1000) or raised (1011) with the WebSocket open: close it for it.
-                self.link.proto.close(code)
-                self.link.write(self.link.proto.data_to_send())
+                self.proto.close(code)
+                self.link.write(self.proto.data_to_send())
                 self.closed = True
                 self.link.close_after_write()
 
@@ -461,16 +466,16 @@ class Lifespan:
             raise RuntimeError(f"unexpected lifespan message {kind!r}")
 
 
-def make_cycle(link: Link, request: Request, client: tuple[str, int] | None, server: tuple[str, int] | None,
-               tls: bool, state: dict[str, Any]) -> HTTPCycle | WebSocketCycle:
+def make_cycle(link: Link, proto: ServerProtocol, request: Request, client: tuple[str, int] | None,
+               server: tuple[str, int] | None, tls: bool, state: dict[str, Any]) -> HTTPCycle | WebSocketCycle:
     """The cycle for a request the application answers: a WebSocket route or plain HTTP."""
     if request.websocket:
         scope = _scope(request, "websocket", client, server, tls, state)
         protocols = request.header("sec-websocket-protocol")
         scope["subprotocols"] = [p.strip() for p in protocols.split(",") if p.strip()] if protocols else []
         del scope["method"]
-        return WebSocketCycle(link, request, scope)
-    return HTTPCycle(link, request, _scope(request, "http", client, server, tls, state))
+        return WebSocketCycle(link, proto, request, scope)
+    return HTTPCycle(link, proto, request, _scope(request, "http", client, server, tls, state))
 
 
 def _str(value: bytes | str) -> str:

@@ -15,13 +15,12 @@ binding describes the handshake's query parameters (``since``, ``epoch``,
 
 from __future__ import annotations
 
-from .version import __version__
-
 import re
 from collections.abc import Iterable
 from typing import Any
 
 from .events import DOCUMENTED_EVENTS, PASSTHROUGH_SCHEMA, RUNTIME_EVENT_TYPES
+from .version import __version__
 
 PASSTHROUGH = "event"
 

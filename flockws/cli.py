@@ -37,7 +37,7 @@ from anyio.abc import ObjectSendStream
 
 from .components import EchoComponent, ServerComponent, WebSocketServerComponent
 from .config import ConfigError, WebSocketComponentConfig
-from .server import Server, serve
+from .server import Server
 
 PROG = "flockws"
 

@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 import anyio
 from anyio.abc import ByteStream
 from wsproto import ConnectionType, WSConnection
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -31,6 +30,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 << 20
 _GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
@@ -93,9 +93,11 @@ class WebSocketClient:
                     if self._size > self._max:
                         await self.aclose(1009, "message too big")
                         raise self.closed or ConnectionClosed(1009, "message too big")
-                    self._parts.append(event.data)
+                    # wsproto may hand a binary part over as a bytearray; bytes() of bytes is the same object.
+                    self._parts.append(event.data if isinstance(event.data, str) else bytes(event.data))
                     if event.message_finished:
                         parts, self._parts, self._size = self._parts, [], 0
+                        # One message's parts are all str or all bytes, which the list's type cannot say.
                         return parts[0] if len(parts) == 1 else type(parts[0])().join(parts)  # type: ignore[arg-type]
                 elif isinstance(event, Ping):
                     self.pings_answered += 1
@@ -108,29 +110,28 @@ class WebSocketClient:
                         await self._send(event.response())
                     except (*_GONE, LocalProtocolError):
                         pass
-                    await self._end(event.code, event.reason or "")
-                    raise self.closed  # type: ignore[misc]
+                    raise await self._end(event.code, event.reason or "")
             try:
                 data = await self._stream.receive()
-            except _GONE:
-                await self._end(1006, "connection lost")
-                raise self.closed  # type: ignore[misc]
+            except _GONE as exc:
+                raise await self._end(1006, "connection lost") from exc
             try:
                 self._ws.receive_data(data)
             except (LocalProtocolError, RemoteProtocolError) as exc:
-                await self._end(1002, f"protocol error: {exc}")
-                raise self.closed from None  # type: ignore[misc]
+                raise await self._end(1002, f"protocol error: {exc}") from None
 
     async def send(self, message: str | bytes) -> None:
         if self.closed is not None:
             raise self.closed
         await self._send(TextMessage(message) if isinstance(message, str) else BytesMessage(message))
 
-    async def _end(self, code: int, reason: str) -> None:
+    async def _end(self, code: int, reason: str) -> ConnectionClosed:
+        """Record the end (unless one is already), close the stream, and return the end for the caller to raise."""
         if self.closed is None:
             self.closed = ConnectionClosed(code, reason)
         with anyio.CancelScope(shield=True):
             await anyio.aclose_forcefully(self._stream)
+        return self.closed
 
     async def aclose(self, code: int = 1000, reason: str = "", timeout: float = 2.0) -> None:
         """Send a close frame, wait (at most ``timeout``) for the reply, close the socket."""
@@ -189,7 +190,9 @@ async def connect(
                 host_header = f"[{host}]" if ":" in host else host
                 if port != (443 if tls else 80):
                     host_header += f":{port}"
-                await stream.send(ws.send(Request(host=host_header, target=target, extra_headers=headers or [])))
+                # wsproto takes header bytes (h11 underneath encodes a str as ASCII, which is what this does).
+                extra = [(name.encode("ascii"), value.encode("ascii")) for name, value in headers or []]
+                await stream.send(ws.send(Request(host=host_header, target=target, extra_headers=extra)))
                 status: int | None = None
                 body = b""
                 while True:

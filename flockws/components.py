@@ -168,7 +168,7 @@ class WebSocketServerComponent(ServerComponent):
             subscription = Subscription()
         else:
             subscription.update(message["type"] == "subscribe", changes)
-        for attr, key in Subscription.FIELDS:
+        for attr, _key in Subscription.FIELDS:
             values = getattr(subscription, attr)
             if values is not None and len(values) > config.subscription_max_values:
                 client.send({"type": "error", "error": f"{_FIELD_KEYS[attr]}: at most {config.subscription_max_values} values per client"})

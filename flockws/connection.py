@@ -264,7 +264,7 @@ class Connection(asyncio.Protocol):
             self.tls = True
             self._enter(Phase.TLS)
             transport.pause_reading()  # the TLS handshake reads first (start_tls resumes)
-            server.spawn(self._start_tls)
+            server.spawn(self._start_tls, server.ssl)
         else:
             self._enter(Phase.REQUEST)
 
@@ -470,14 +470,14 @@ class Connection(asyncio.Protocol):
 
     def _start_cycle(self, request: Request) -> None:
         """Hand the request to the ASGI application: it reads the body and writes the answer."""
-        server = self.server
-        assert server.app is not None and self.proto is not None
+        server, proto = self.server, self.proto
+        assert server.app is not None and proto is not None
         self._enter(Phase.APP)  # the application's pace, not a handshake deadline, rules now
         server.handshake_done(self)
         transport = self.transport
         self.cycle = make_cycle(
-            self, request, _address(transport.get_extra_info("peername")), _address(transport.get_extra_info("sockname")),
-            self.tls, server.app_state,
+            self, proto, request, _address(transport.get_extra_info("peername")),
+            _address(transport.get_extra_info("sockname")), self.tls, server.app_state,
         )
         server.spawn(self.cycle.run, server.app)
         if isinstance(self.cycle, HTTPCycle):
@@ -792,13 +792,13 @@ class Connection(asyncio.Protocol):
                 self.server.count_failure("handshake timeout")
         self.abort()
 
-    async def _start_tls(self) -> None:
+    async def _start_tls(self, context: ssl_module.SSLContext) -> None:
         loop = asyncio.get_running_loop()
         server = self.server
         try:
             # Our own deadline (handshake_timeout) aborts a slow handshake and counts it.
             transport = await loop.start_tls(
-                self.transport, self, server.ssl, server_side=True, ssl_handshake_timeout=server.handshake_timeout * 2
+                self.transport, self, context, server_side=True, ssl_handshake_timeout=server.handshake_timeout * 2
             )
         except ssl_module.SSLError as exc:
             server.count_failure("tls handshake failed")

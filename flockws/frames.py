@@ -34,7 +34,7 @@ def encode_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     return _pack_long(first, 127, length) + payload
 
 
-def encode_message(data: str | bytes, fragment_size: int) -> bytes:
+def encode_message(data: str | bytes | bytearray | memoryview, fragment_size: int) -> bytes:
     """Encode a whole message, fragmented into ``fragment_size`` payload chunks.
 
     The frames of a fragmented message are returned as one ``bytes`` object so

@@ -7,6 +7,7 @@ It is bounded both in events and in bytes; the oldest entries fall off first.
 
 from __future__ import annotations
 
+import builtins
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,7 +46,8 @@ class History:
         self._entries.clear()
         self._bytes = 0
 
-    def append(self, seq: int, frame: bytes, event: Mapping[str, Any]) -> None:
+    # builtins.bytes: in this class body ``bytes`` is the property above.
+    def append(self, seq: int, frame: builtins.bytes, event: Mapping[str, Any]) -> None:
         entries = self._entries
         entries.append(Entry(seq, frame, event))
         self._bytes += len(frame)

@@ -26,7 +26,7 @@ class Histogram:
     def lines(self, name: str, labels: str = "") -> Iterable[str]:
         cumulative = 0
         sep = "," if labels else ""
-        for bound, n in zip((*self.bounds, float("inf")), self.counts):
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
             cumulative += n
             le = "+Inf" if bound == float("inf") else repr(bound)
             yield f'{name}_bucket{{{labels}{sep}le="{le}"}} {cumulative}'

@@ -28,9 +28,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 import h11
-from wsproto.connection import Connection as WSConnection
-from wsproto.connection import ConnectionState as WSState
-from wsproto.connection import ConnectionType
+from wsproto.connection import Connection as WSConnection, ConnectionState as WSState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping as WSPing, Pong as WSPong, TextMessage
 
 from .head import parse_head
@@ -590,6 +588,7 @@ class ServerProtocol:
             lines.append(f"{name}: {value}".encode("latin-1"))
         lines.append(b"\r\n")
         self._out.append(b"\r\n".join(lines))
+        trailing: bytes | bytearray
         if self._h11 is None:
             trailing, closed = self._buf[self._head_end :], self._buf_eof
         else:
@@ -598,7 +597,7 @@ class ServerProtocol:
         if trailing:  # frames sent right behind the request
             self._ws = WSConnection(ConnectionType.SERVER, trailing_data=bytes(trailing))
         self._eof = closed  # the client may have ended the stream right after its request
-        self._h11 = None  # type: ignore[assignment]  # its buffers are no longer needed
+        self._h11 = None  # its buffers are no longer needed
         self.state = State.OPEN
 
     def _take_pending(self) -> Request:
@@ -666,16 +665,16 @@ class ServerProtocol:
         (``max_message_size // 16``, at least 64), so a message of empty
         continuation frames cannot go on for ever.
         """
-        data = event.data
+        data = event.data  # str for a TextMessage, bytes-like for a BytesMessage
         if self._msg is None and event.message_finished:  # the common case: a message in one piece
-            size = len(data) if isinstance(event, BytesMessage) else len(data.encode())  # type: ignore[union-attr]
+            size = len(data.encode()) if isinstance(data, str) else len(data)
             if size > self.max_message_size:
                 return self._fail(CLOSE_TOO_BIG, "message too big")
-            return Message(data if isinstance(event, TextMessage) else bytes(data))
+            return Message(data if isinstance(data, str) else bytes(data))
         if self._msg is None:
             self._msg = bytearray()
             self._frames = 0
-        self._msg += data.encode() if isinstance(event, TextMessage) else data
+        self._msg += data.encode() if isinstance(data, str) else data
         if event.frame_finished:
             self._frames += 1
         if len(self._msg) > self.max_message_size:

@@ -173,10 +173,10 @@ class Server:
                 stack.callback(self._close_listeners)
                 for sock in sockets:
                     self._listeners.append(await listen(loop, lambda: Connection(self), sock))
-                self.addresses = [tuple(sock.getsockname()[:2]) for sock in sockets]  # type: ignore[misc]
+                self.addresses = [tuple(sock.getsockname()[:2]) for sock in sockets]
                 self.loopback_only = all(is_loopback_name(str(h)) for h, _ in self.addresses)
-                for component in self.websockets:
-                    component.manager.start(token)
+                for endpoint in self.websockets:
+                    endpoint.manager.start(token)
                 for component in self.components:
                     background.start_soon(component.run)
                 self._background = background
@@ -403,7 +403,7 @@ class Server:
             return None  # HTTP/1.0 without Host: not a browser
         host = split_host(value, self.ssl is not None)
         if host is None:
-            return Response.text(400, "malformed Host header")
+            return Response(400, b"malformed Host header\n", [("content-type", "text/plain; charset=utf-8")], close=True)
         if not host_allowed(host[0], self.allowed_hosts, self.loopback_only):
             return Response.text(421, f"this server does not answer for host {host[0]!r} (see allowed_hosts)")
         origin = request.header("origin")

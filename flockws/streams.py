@@ -104,7 +104,7 @@ class StreamTransport:
         try:
             async with anyio.create_task_group() as tasks:
                 self.tasks = tasks
-                self.protocol.connection_made(self)  # type: ignore[arg-type]
+                self.protocol.connection_made(self)  # type: ignore[arg-type]  # a transport by duck typing
                 tasks.start_soon(self._reader)
                 tasks.start_soon(self._writer)
         finally:
@@ -135,7 +135,7 @@ class StreamTransport:
                 if self.eof_pending and not self.closing:
                     self.eof_pending = False
                     try:
-                        await self.stream.send_eof()  # type: ignore[attr-defined]
+                        await self.stream.send_eof()
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                         self.abort()
                         return

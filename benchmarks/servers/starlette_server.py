@@ -49,7 +49,7 @@ async def main(mode: str) -> None:
         results = await asyncio.gather(
             *(asyncio.wait_for(ws.send_text(message), 0.5) for ws in targets), return_exceptions=True
         )
-        for ws, result in zip(targets, results):
+        for ws, result in zip(targets, results, strict=True):
             if isinstance(result, BaseException):
                 clients.discard(ws)
 

@@ -39,7 +39,7 @@ log = logging.getLogger("flockws.flock")
 DASHBOARD_PREFIX = "/"  # the stock dashboard connects to same-origin /ws
 
 
-class FlockwsComponent(ServerComponent):  # type: ignore[misc]
+class FlockwsComponent(ServerComponent):  # type: ignore[misc]  # flock-core ships no types: its base is Any
     """flockws' endpoints for a Flock server (a real ``flock.components.server.ServerComponent``).
 
     ``config`` is flockws' :class:`~flockws.WebSocketComponentConfig` (its

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+from collections.abc import Callable, Coroutine
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,10 @@ def install() -> None:
         if not callable(getattr(owner, name, None)):
             raise UnsupportedFlockVersion(f"flock-core has no {owner.__name__}.{name}; flockws.flock supports {SUPPORTED_TEXT}")
 
-    original_run = BaseHTTPService.run_async
-    original_start = DashboardLauncher.start
-    original_serve = ServerManager._serve_impl
+    # flock-core ships no type information: these are its signatures (all three return None).
+    original_run: Callable[..., Coroutine[Any, Any, None]] = BaseHTTPService.run_async
+    original_start: Callable[..., None] = DashboardLauncher.start
+    original_serve: Callable[..., Coroutine[Any, Any, None]] = ServerManager._serve_impl
 
     @functools.wraps(original_run)
     async def run_async(self: Any, host: str = "127.0.0.1", port: int = 8344) -> None:
@@ -101,9 +103,9 @@ def install() -> None:
         finally:
             _serving.reset(token)
 
-    BaseHTTPService.run_async = run_async  # type: ignore[method-assign]
-    DashboardLauncher.start = start  # type: ignore[method-assign]
-    ServerManager._serve_impl = staticmethod(serve_impl)  # type: ignore[method-assign]
+    BaseHTTPService.run_async = run_async
+    DashboardLauncher.start = start
+    ServerManager._serve_impl = staticmethod(serve_impl)
     _installed = True
 
 
