@@ -1,7 +1,9 @@
-"""Helpers shared by the issue-6 tests (resume, auth, limits, faults, ...).
+"""Helpers shared by the tests that run a server (the one ``serving`` and the one ``wait_until``).
 
-* :func:`serving` runs a :class:`flockws.Server` on loopback, port 0.
-* :func:`wait_until` is a bounded poll of a server-side condition that has no event.
+* :func:`serving` runs a :class:`flockws.Server` on loopback, port 0 (with one
+  default endpoint, :func:`component`, when given no components).
+* :func:`wait_until` is a bounded poll of a condition that has no event to
+  wait on; it fails the test (``AssertionError``) when ``timeout`` passes.
 * :func:`raw_connect` opens a raw :class:`wire.WireClient`, optionally from another
   loopback address (``127.0.0.2`` is loopback on Linux too) or with a small
   receive buffer (a client that stops reading then stalls the server quickly).

@@ -13,7 +13,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -36,6 +36,7 @@ from flockws.events import (
     StreamingOutput,
 )
 
+from eventclient import wait_until
 from greeting import recv_event, without_resume
 
 pytestmark = pytest.mark.anyio
@@ -108,13 +109,6 @@ async def interrupt(process: anyio.abc.Process, timeout: float = 10.0) -> int:
     process.send_signal(signal.SIGINT)
     with anyio.fail_after(timeout):
         return await process.wait()
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Bounded poll of a server-side condition that has no event to wait on."""
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.002)
 
 
 async def http_get(port: int, path: str) -> tuple[str, str, bytes]:

@@ -8,8 +8,6 @@ server, each receiving only its own broadcasts.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -27,24 +25,12 @@ from flockws import (
     WebSocketServerComponent,
 )
 
+from eventclient import serving, wait_until
 from greeting import recv_event
 
 HOST = "127.0.0.1"
 
 PAGE_ENDPOINTS = [("/plugin/", "/plugin/ws"), ("/api/ws", "/api/ws/ws"), ("/realtime", "/realtime/ws")]
-
-
-@asynccontextmanager
-async def serving(*components: ServerComponent) -> AsyncIterator[Server]:
-    async with Server(list(components), host=HOST, port=0) as server:
-        yield server
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Bounded poll of a server-side condition that has no event to wait on."""
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.002)
 
 
 def ws(server: Server, path: str):  # type: ignore[no-untyped-def]
@@ -168,7 +154,7 @@ async def test_several_components_ordered_by_priority_and_routed() -> None:
     late = Recorder("late", 99, "/late", log)
     early = Recorder("early", 1, "/early", log)
     async with serving(late, dash, early, api) as server:
-        assert [c.name for c in server.components] == ["early", "api", "websocket", "late"]
+        assert [c.name for c in server.components if c.name not in ("health", "metrics", "asyncapi")] == ["early", "api", "websocket", "late"]
         async with ws(server, "/plugin/ws") as dash_client, ws(server, "/api/ws/ws") as api_client:
             await wait_until(lambda: len(dash.manager) == 1 and len(api.manager) == 1)
             dash.publish({"type": "for_dashboard", "n": 1})

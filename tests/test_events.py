@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -38,9 +37,9 @@ from flockws.events import (
     utc_timestamp,
 )
 
+from eventclient import serving, wait_until
 from greeting import recv_event, without_resume
 
-HOST = "127.0.0.1"
 
 # The page's examples, verbatim (key order included).
 PAGE_EXAMPLES = [
@@ -143,19 +142,6 @@ def validate(instance: Any, schema: dict[str, Any], path: str = "$") -> None:
     if isinstance(instance, list) and "items" in schema:
         for i, item in enumerate(instance):
             validate(item, schema["items"], f"{path}[{i}]")
-
-
-@asynccontextmanager
-async def serving(*components: WebSocketServerComponent) -> AsyncIterator[Server]:
-    async with Server(list(components), host=HOST, port=0) as server:
-        yield server
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Bounded poll of a server-side condition that has no event to wait on."""
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.002)
 
 
 def ws(server: Server, path: str = "/plugin/ws"):  # type: ignore[no-untyped-def]

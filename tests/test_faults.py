@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import random
+import select
 import socket
 import weakref
 from typing import Any
@@ -451,8 +452,15 @@ async def test_flush_stops_at_a_write_that_failed(caplog: pytest.LogCaptureFixtu
         connection.transport.pause_reading()
         sock = peer.extra(SocketAttribute.raw_socket)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # Watched apart from the loop's selector (reading is paused there); polling reads nothing.
+        server_side = select.poll()
+        server_side.register(connection.transport.get_extra_info("socket").fileno(), select.POLLERR)
         await peer.aclose()  # a reset
-        await anyio.sleep(0.05)  # let it arrive
+        await wait_until(
+            lambda: any(events & select.POLLERR for _, events in server_side.poll(0)),
+            5,
+            "the reset to reach the server's socket (an error pending there: its next send fails)",
+        )
         client.replay.extend([b"y" * 100_000] * 8)  # more than one chunk: the flush loops
         connection.flush()
         assert client.replay, "the flush went on writing after the write that failed"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from urllib.parse import urlsplit
 
 import h11
 from hypothesis import assume, given, note
@@ -30,7 +31,7 @@ from flockws.http import Response
 from flockws.protocol import DEFAULT_MAX_HEADER_SIZE, Closed, HTTPError, Request, ServerProtocol, State, accept_token
 from flockws.server import Server
 
-from rawclient import parse_frames
+from wire import parse_frames
 
 ENDPOINT = "/plugin/ws"
 TOKEN = re.compile(rb"^[-!#$%&'*+.^_`|~0-9a-zA-Z]+$")
@@ -204,7 +205,7 @@ def structured(draw: st.DrawFn) -> Req:
         if kind == "drop":
             del headers[i]
         elif kind == "dup":
-            headers.insert(draw(st.integers(0, len(headers))), (name, draw(st.sampled_from([value, *ALTERNATIVES.get(name.decode().lower(), [value])]))))
+            headers.insert(draw(st.integers(0, len(headers))), (name, draw(st.sampled_from([value, *ALTERNATIVES.get(name.decode("latin-1").lower(), [value])]))))
         elif kind == "case-name":
             flips = draw(st.lists(st.booleans(), min_size=len(name), max_size=len(name)))
             headers[i] = (bytes(c ^ 0x20 if f and chr(c).isalpha() else c for c, f in zip(name, flips)), value)
@@ -214,7 +215,7 @@ def structured(draw: st.DrawFn) -> Req:
             pad = draw(st.sampled_from([b" ", b"\t", b"  \t "]))
             headers[i] = (name, pad + value + draw(st.sampled_from([b"", pad])))
         elif kind == "replace":
-            headers[i] = (name, draw(st.sampled_from(ALTERNATIVES.get(name.decode().lower(), [b"x"]))))
+            headers[i] = (name, draw(st.sampled_from(ALTERNATIVES.get(name.decode("latin-1").lower(), [b"x"]))))
         elif kind == "extra":
             headers.insert(draw(st.integers(0, len(headers))), draw(st.sampled_from(EXTRA)))
         elif kind == "huge":
@@ -239,6 +240,8 @@ def expected_status(raw: bytes, method: str, target: str, version: str, headers:
     # Host and for any request with more than one.
     hosts = len(values.get("host", []))
     malformed = any(not TOKEN.match(name) for name, _ in headers) or hosts > 1 or (version == "1.1" and hosts == 0)
+    # 2.7.1: an "http" URI with an empty host is invalid, so an empty Host is an invalid field-value (5.4: 400).
+    malformed = malformed or values.get("host") == [""]
     if len(raw) > DEFAULT_MAX_HEADER_SIZE:
         return {431, 400} if malformed else {431}
     if malformed:
@@ -258,6 +261,11 @@ def _upgrade_status(method: str, target: str, version: str, values: dict[str, li
         if path == "/healthz" and method in ("GET", "HEAD"):
             return 200
         return 404
+    # RFC 6455 10.2: a server may refuse an Origin it does not accept (403); flockws by default
+    # accepts only the origin its Host names (cross-site WebSocket hijacking), before routing.
+    origins, hosts = values.get("origin", []), values.get("host", [])
+    if origins and hosts and not _same_origin(origins[0], hosts[0]):
+        return 403
     if path != ENDPOINT:
         return 404
     if method != "GET" or "upgrade" not in tokens("connection"):
@@ -278,6 +286,20 @@ def _upgrade_status(method: str, target: str, version: str, values: dict[str, li
     if version != "1.1":
         return 400
     return 101
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    """RFC 6454 4: an origin is (scheme, host, port), the port defaulting by scheme; Host is host[:port] of http."""
+    default_port = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+    try:
+        theirs, ours = urlsplit(origin), urlsplit("http://" + host)
+        their_port, our_port = theirs.port, ours.port
+    except ValueError:
+        return False
+    scheme = theirs.scheme.lower()
+    if scheme not in default_port or not theirs.hostname:
+        return False
+    return (theirs.hostname, their_port or default_port[scheme]) == (ours.hostname, our_port or 80)
 
 
 @given(structured(), st.lists(st.integers(0, 60_000), max_size=6), st.booleans())

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 
 from flockws.protocol import Closed, HTTPError, Message, Ping, Pong, Request, ServerProtocol, State
 
-from rawclient import (
+from wire import (
     OP_BINARY,
     OP_CLOSE,
-    OP_CONT,
+    OP_CONTINUATION,
     OP_PING,
     OP_PONG,
     OP_TEXT,
@@ -36,7 +36,7 @@ from rawclient import (
 )
 
 MAX_MESSAGE = 4096
-HANDSHAKE, _ = handshake_request("/ws", host="test")
+HANDSHAKE = handshake_request("/ws", host="test")
 
 
 def open_protocol(*, pipelined: bytes = b"") -> ServerProtocol:
@@ -100,7 +100,7 @@ class Runner:
             if frame.opcode == OP_CLOSE:
                 assert index == len(frames) - 1, "frames after the close frame"
                 assert len(frame.payload) != 1
-                frame.close_reason.decode()
+                frame.close_reason  # decodes: valid UTF-8
         pings = [e.payload for e in self.events if isinstance(e, Ping)]
         pongs = [f.payload for f in frames if f.opcode == OP_PONG]
         # Every pong answers a ping, in order (after our own close none is sent).
@@ -125,7 +125,7 @@ ops = st.lists(
 @st.composite
 def frame_bytes(draw: st.DrawFn) -> bytes:
     """One frame that is valid, nearly valid or garbage in its header bits."""
-    opcode = draw(st.sampled_from([OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, 3, 11]))
+    opcode = draw(st.sampled_from([OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, 3, 11]))
     payload = draw(st.binary(max_size=140))
     return build_frame(
         opcode,
@@ -133,7 +133,7 @@ def frame_bytes(draw: st.DrawFn) -> bytes:
         fin=draw(st.booleans()),
         rsv=draw(st.sampled_from([0, 0, 0, 4])),
         mask=draw(st.booleans() | st.just(True)),
-        key=draw(st.binary(min_size=4, max_size=4)),
+        mask_key=draw(st.binary(min_size=4, max_size=4)),
     )
 
 
@@ -149,7 +149,7 @@ def valid_stream(draw: st.DrawFn) -> tuple[bytes, list[object], bytes]:
         for _ in range(draw(st.integers(0, 2))):
             opcode = draw(st.sampled_from([OP_PING, OP_PONG]))
             payload = draw(st.binary(max_size=125))
-            wire.append(build_frame(opcode, payload, key=key))
+            wire.append(build_frame(opcode, payload, mask_key=key))
             events.append(Ping(payload) if opcode == OP_PING else Pong(payload))
             if opcode == OP_PING:
                 out.append(b"\x8a" + bytes([len(payload)]) + payload)
@@ -167,7 +167,7 @@ def valid_stream(draw: st.DrawFn) -> tuple[bytes, list[object], bytes]:
         pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)])]
         for index, piece in enumerate(pieces):
             last = index == len(pieces) - 1
-            wire.append(build_frame(opcode if index == 0 else OP_CONT, piece, fin=last, key=key))
+            wire.append(build_frame(opcode if index == 0 else OP_CONTINUATION, piece, fin=last, mask_key=key))
             if not last:
                 control()
         events.append(Message(data))
@@ -176,7 +176,7 @@ def valid_stream(draw: st.DrawFn) -> tuple[bytes, list[object], bytes]:
         code = draw(st.sampled_from([None, 1000, 1001, 1011, 3000, 4999]))
         reason = draw(st.text(max_size=20)) if code is not None else ""
         reason = reason.encode()[:123].decode(errors="ignore")
-        wire.append(build_frame(OP_CLOSE, close_payload(code, reason), key=key))
+        wire.append(build_frame(OP_CLOSE, close_payload(code, reason), mask_key=key))
         events.append(Closed(1005 if code is None else code, reason, by_peer=True))
         body = close_payload(code, reason)
         out.append(bytes([0x88, len(body)]) + body)

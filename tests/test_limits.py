@@ -220,7 +220,7 @@ async def test_slowloris_half_sent_handshakes_cannot_exhaust_the_server() -> Non
                     except PeerClosed:
                         closed += 1
             assert closed >= flood - per_address
-            assert manager.handshake_failures["too many pending handshakes"] >= flood - per_address
+            assert server.stats()["refused_before_routing"]["too many pending handshakes"] >= flood - per_address
             # A client from another address is served meanwhile.
             async with await raw_connect(server.port, local_host=OTHER_ADDRESS) as legit:
                 await legit.handshake(ENDPOINT)
@@ -295,3 +295,56 @@ async def test_a_flood_of_frames_in_one_read_is_parsed_over_several_turns_and_no
                 assert [int.from_bytes(p.payload, "big") for p in pongs] == list(range(5000))
                 comp.manager.broadcast({"type": "after"})
                 assert (await read_event(wire))["type"] == "after"
+
+
+def test_per_address_limits_count_an_ipv6_host_by_its_64() -> None:
+    from flockws.server import address_key
+
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    assert address_key("192.0.2.7") == "192.0.2.7"
+    assert address_key("fe80::1%eth0") == "fe80::/64"
+
+
+async def test_answered_kept_alive_connections_do_not_hold_pending_handshake_slots() -> None:
+    """Kept alive after an answer, a connection once held its slot for ever: two could lock everyone out."""
+    with anyio.fail_after(10):
+        async with serving(component(), max_pending_per_address=2) as server:
+            kept = [await raw_connect(server.port) for _ in range(2)]
+            try:
+                for wire in kept:
+                    assert (await wire.request(http_request_for("/healthz"))).status == 200
+                assert server.stats()["pending_handshakes"] == 0
+                async with await raw_connect(server.port) as third:  # a new client is still served
+                    assert (await third.request(http_request_for("/healthz"))).status == 200
+            finally:
+                for wire in kept:
+                    await wire.aclose()
+
+
+async def test_accepted_sockets_have_tcp_keepalive() -> None:
+    """With the heartbeat off (the default), the kernel's keepalive is what reaps a vanished client."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ss") is None:
+        pytest.skip("needs ss (iproute2) to read the server socket's timer")
+    with anyio.fail_after(10):
+        async with serving(component()) as server:
+            async with await raw_connect(server.port) as wire:
+                await wire.handshake(ENDPOINT)
+                out = subprocess.run(["ss", "-tnoH", "state", "established", f"( sport = :{server.port} )"],
+                                     capture_output=True, text=True, timeout=10).stdout
+                assert "timer:(keepalive" in out, out
+        async with serving(component(), tcp_keepalive=None) as server:
+            async with await raw_connect(server.port) as wire:
+                await wire.handshake(ENDPOINT)
+                out = subprocess.run(["ss", "-tnoH", "state", "established", f"( sport = :{server.port} )"],
+                                     capture_output=True, text=True, timeout=10).stdout
+                assert out.strip() and "keepalive" not in out, out
+
+
+def http_request_for(path: str) -> bytes:
+    from wire import http_request
+
+    return http_request("GET", path)

@@ -73,9 +73,11 @@ def check_histogram(samples: dict, name: str, **labels: str) -> dict[str, float]
     return buckets
 
 
-async def get(port: int, path: str, method: str = "GET"):
+async def get(port: int, path: str, method: str = "GET", token: str | None = "tok"):
+    """A request with the bearer token the tests' endpoints accept (metrics follow the endpoints' auth)."""
+    headers = [("Authorization", f"Bearer {token}")] if token else []
     async with await raw_connect(port) as wire:
-        return await wire.request(http_request(method, path))
+        return await wire.request(http_request(method, path, headers))
 
 
 async def test_metrics_expose_every_counter_in_prometheus_text() -> None:
@@ -138,6 +140,20 @@ async def test_metrics_expose_every_counter_in_prometheus_text() -> None:
                 assert head.status == 200 and head.body == b""
                 await reader.send_close(1000)
                 await reader.read_close()
+
+
+async def test_metrics_and_stats_require_the_endpoints_authentication_unless_public() -> None:
+    """Metrics say who is connected and what was refused: with authenticate=, they need it too (401)."""
+    comp = WebSocketServerComponent(authenticate=bearer_token("tok"))
+    with anyio.fail_after(10):
+        async with serving(comp) as server:
+            for path in ("/metrics", "/plugin/metrics", "/plugin/stats"):
+                assert (await get(server.port, path, token=None)).status == 401, path
+                assert (await get(server.port, path, token="wrong")).status == 401, path
+                assert (await get(server.port, path)).status == 200, path
+            assert (await get(server.port, "/healthz", token=None)).status == 200  # health stays public
+        async with serving(comp, public_metrics=True) as server:
+            assert (await get(server.port, "/metrics", token=None)).status == 200
 
 
 async def test_metrics_count_heartbeat_timeouts_and_queue_depth() -> None:

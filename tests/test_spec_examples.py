@@ -26,6 +26,7 @@ from flockws import (
 )
 from flockws.events import AgentExecutionCompleted, AgentExecutionStarted, ArtifactPublished, StreamingOutput
 
+from eventclient import wait_until
 from greeting import recv_event
 from spec_page import JS_CLIENT, PYTHON_CLIENT
 
@@ -49,13 +50,6 @@ EXPECTED = [
     "Output: Analyzing pizza toppings...",
     "New artifact: Pizza",
 ]
-
-
-async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    """Bounded poll of a server-side condition that has no event to wait on."""
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.002)
 
 
 async def test_python_client_example_runs_unchanged() -> None:

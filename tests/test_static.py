@@ -15,6 +15,8 @@ from flockws import Response, Server, ServerComponent
 from flockws.config import ConfigError
 from flockws.static import StaticFilesServerComponent
 
+from eventclient import wait_until
+
 pytestmark = pytest.mark.anyio
 
 SECRET = b"TOPSECRET-outside-the-served-directory"
@@ -370,9 +372,7 @@ async def test_a_large_file_streams_from_disk_with_memory_bounded_per_reader(tmp
                 except BlockingIOError:
                     return False
 
-            with anyio.fail_after(20):  # every response under way (and, before streaming, its file read)
-                while not all(map(answered, stalled)):
-                    await anyio.sleep(0.01)
+            await wait_until(lambda: all(map(answered, stalled)), 20, "every response under way (and, before streaming, its file read)")
             held, _peak = tracemalloc.get_traced_memory()
             assert held < 40 << 20, f"{held / 2**20:.0f} MiB held for 20 stalled readers"
             for sock in stalled:

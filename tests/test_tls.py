@@ -109,8 +109,10 @@ async def test_resume_metrics_and_refusal_over_tls(
             async with await tls_wire(server.port, client_context) as wire:
                 response = await wire.request(handshake_request(ENDPOINT))
                 assert response.status == 401 and response.header("www-authenticate")
-            async with await tls_wire(server.port, client_context) as wire:
+            async with await tls_wire(server.port, client_context) as wire:  # metrics need the same token
                 response = await wire.request(http_request("GET", "/metrics"))
+                assert response.status == 401
+                response = await wire.request(http_request("GET", "/metrics", [("Authorization", "Bearer tls-token")]))
                 assert response.status == 200 and b"flockws_connections_accepted_total" in response.body
             await wait_until(lambda: len(manager) == 0)
     assert handler_failures(caplog) == []
@@ -136,8 +138,8 @@ async def test_plaintext_and_vanishing_clients_on_the_tls_port(
             async with WireClient(await anyio.connect_tcp(HOST, server.port)) as silent:
                 assert await silent.read_eof() == b""
             await wait_until(lambda: server.stats()["connections"] == 0)
-            assert manager.handshake_failures["tls handshake failed"] >= 1
-            assert manager.handshake_failures["tls handshake timeout"] == 1
+            assert server.stats()["refused_before_routing"]["tls handshake failed"] >= 1
+            assert server.stats()["refused_before_routing"]["tls handshake timeout"] == 1
             # The server still serves TLS clients.
             async with await tls_wire(server.port, client_context) as wire:
                 await wire.handshake(ENDPOINT)

@@ -1,17 +1,27 @@
-"""A raw wire-level client for tests: bytes in, bytes out, no WebSocket library.
+"""The tests' one wire codec: bytes in, bytes out, no WebSocket library.
 
 Tests that must assert *what is on the wire* (status lines, close codes,
 frame boundaries) cannot use a real client library, which hides exactly those
-details or refuses to send malformed input.  This module gives them:
+details or refuses to send malformed input (reserved bits, bad opcodes,
+unmasked frames, truncated headers).  Frames are built and parsed by hand
+here, independently of flockws and wsproto.  This module gives them:
 
-* pure helpers: :func:`handshake_request`, :func:`build_frame` (masked by
-  default, any opcode/RSV/FIN), :func:`close_payload`, and a sans-IO
-  :class:`FrameParser` for server frames;
+* pure helpers: :func:`handshake_request`, :func:`http_request`,
+  :func:`build_frame` (masked by default, any opcode/RSV/FIN, even a declared
+  length other than the payload's), :func:`close_payload`;
+* an independent RFC 6455 frame decoder, strict about minimal length
+  encodings: :func:`parse_frame` / :func:`parse_frames` over whole buffers, and
+  the incremental :class:`FrameParser` on top of them (either direction;
+  unmasks masked frames);
 * :class:`WireClient`, a thin buffer over an anyio byte stream that sends raw
-  bytes, reads one HTTP response head+body, and reads frames/messages.
+  bytes, reads one HTTP response head+body, and reads frames/messages;
+* :class:`BlockingClient`, the same over a blocking socket, and
+  :class:`ServerThread`, a :class:`flockws.Server` on its own event loop in a
+  background thread, for tests written as plain blocking code (the
+  conformance table).
 
-Nothing here sleeps or retries; callers bound every read with
-``anyio.fail_after``.
+Nothing here sleeps or retries: async callers bound every read with
+``anyio.fail_after``; every blocking read is bounded by the socket timeout.
 """
 
 from __future__ import annotations
@@ -21,8 +31,10 @@ import hashlib
 import os
 import socket
 import struct
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 from anyio.abc import ByteStream, SocketStream
@@ -115,19 +127,25 @@ def build_frame(
     rsv: int = 0,
     mask: bool = True,
     mask_key: bytes | None = None,
+    length: int | None = None,
 ) -> bytes:
-    """One frame as a client sends it: masked unless ``mask=False``; ``rsv`` is the 3 RSV bits (0-7)."""
+    """One frame as a client sends it: masked unless ``mask=False``; ``rsv`` is the 3 RSV bits (0-7).
+
+    ``length`` declares a payload length other than ``len(payload)`` (to
+    announce a huge frame and send only its start); the minimal encoding for
+    the declared length is used.
+    """
     if isinstance(payload, str):
         payload = payload.encode()
     first = (0x80 if fin else 0) | ((rsv & 0x7) << 4) | (opcode & 0x0F)
     mask_bit = 0x80 if mask else 0
-    length = len(payload)
-    if length < 126:
-        head = bytes((first, mask_bit | length))
-    elif length < 65536:
-        head = struct.pack("!BBH", first, mask_bit | 126, length)
+    declared = len(payload) if length is None else length
+    if declared < 126:
+        head = bytes((first, mask_bit | declared))
+    elif declared < 65536:
+        head = struct.pack("!BBH", first, mask_bit | 126, declared)
     else:
-        head = struct.pack("!BBQ", first, mask_bit | 127, length)
+        head = struct.pack("!BBQ", first, mask_bit | 127, declared)
     if not mask:
         return head + payload
     key = mask_key if mask_key is not None else os.urandom(4)
@@ -165,12 +183,65 @@ class Frame:
         return self.payload[2:].decode()
 
 
-class FrameParser:
-    """Sans-IO parser of a frame stream (either direction; unmasks masked frames).
+class IncompleteFrame(Exception):
+    """The buffer ends inside the frame."""
 
-    ``feed(data)`` then ``next_frame()`` until it returns None.  No validation
-    beyond framing: the tests decide what is acceptable.
+
+def parse_frame(buf: bytes | bytearray, offset: int = 0) -> tuple[Frame, int]:
+    """Parse one frame at ``offset``; return it and the offset after it.
+
+    Strict where the RFC is: a non-minimal length encoding or a 64-bit length
+    with the top bit set raises ``ValueError``.  Raises :class:`IncompleteFrame`
+    when ``buf`` ends inside the frame.  No other validation: the tests decide
+    what is acceptable.
     """
+    if len(buf) - offset < 2:
+        raise IncompleteFrame
+    first, second = buf[offset], buf[offset + 1]
+    pos = offset + 2
+    length = second & 0x7F
+    if length == 126:
+        if len(buf) - pos < 2:
+            raise IncompleteFrame
+        (length,) = struct.unpack_from("!H", buf, pos)
+        pos += 2
+        if length < 126:
+            raise ValueError("non-minimal 16-bit length")
+    elif length == 127:
+        if len(buf) - pos < 8:
+            raise IncompleteFrame
+        (length,) = struct.unpack_from("!Q", buf, pos)
+        pos += 8
+        if length < 1 << 16 or length >> 63:
+            raise ValueError("non-minimal or oversized 64-bit length")
+    masked = bool(second & 0x80)
+    key = b""
+    if masked:
+        if len(buf) - pos < 4:
+            raise IncompleteFrame
+        key = bytes(buf[pos : pos + 4])
+        pos += 4
+    if len(buf) - pos < length:
+        raise IncompleteFrame
+    payload = bytes(buf[pos : pos + length])
+    if masked:
+        payload = _apply_mask(payload, key)
+    frame = Frame(fin=bool(first & 0x80), opcode=first & 0x0F, payload=payload, rsv=(first >> 4) & 0x7, masked=masked)
+    return frame, pos + length
+
+
+def parse_frames(data: bytes) -> list[Frame]:
+    """Every frame in ``data``, which must hold whole frames only."""
+    frames: list[Frame] = []
+    offset = 0
+    while offset < len(data):
+        frame, offset = parse_frame(data, offset)
+        frames.append(frame)
+    return frames
+
+
+class FrameParser:
+    """Incremental :func:`parse_frame`: ``feed(data)`` then ``next_frame()`` until it returns None."""
 
     def __init__(self) -> None:
         self.buffer = bytearray()
@@ -179,36 +250,12 @@ class FrameParser:
         self.buffer += data
 
     def next_frame(self) -> Frame | None:
-        buf = self.buffer
-        if len(buf) < 2:
+        try:
+            frame, end = parse_frame(self.buffer)
+        except IncompleteFrame:
             return None
-        first, second = buf[0], buf[1]
-        masked = bool(second & 0x80)
-        length = second & 0x7F
-        pos = 2
-        if length == 126:
-            if len(buf) < 4:
-                return None
-            length = struct.unpack_from("!H", buf, 2)[0]
-            pos = 4
-        elif length == 127:
-            if len(buf) < 10:
-                return None
-            length = struct.unpack_from("!Q", buf, 2)[0]
-            pos = 10
-        key = b""
-        if masked:
-            if len(buf) < pos + 4:
-                return None
-            key = bytes(buf[pos : pos + 4])
-            pos += 4
-        if len(buf) < pos + length:
-            return None
-        payload = bytes(buf[pos : pos + length])
-        del buf[: pos + length]
-        if masked:
-            payload = _apply_mask(payload, key)
-        return Frame(fin=bool(first & 0x80), opcode=first & 0x0F, payload=payload, rsv=(first >> 4) & 0x7, masked=masked)
+        del self.buffer[:end]
+        return frame
 
 
 # ---------------------------------------------------------------- HTTP
@@ -432,3 +479,200 @@ class WireClient:
             frame = await self.read_frame()
             if frame.opcode == OP_CLOSE:
                 return frame
+
+
+# ---------------------------------------------------------------- blocking client and server thread
+
+
+class BlockingClient:
+    """A blocking client socket that speaks WebSocket by hand (for tests written as plain blocking code).
+
+    Every read is bounded by ``timeout`` (``socket.timeout`` propagates and
+    fails the test).  ``EOFError`` means the server ended the TCP stream.
+    """
+
+    def __init__(self, sock: socket.socket, leftover: bytes = b"") -> None:
+        self.sock = sock
+        self.buf = bytearray(leftover)
+
+    @classmethod
+    def connect(
+        cls, port: int, path: str = "/", *, host: str = "127.0.0.1", timeout: float = 5.0, pipelined: bytes = b""
+    ) -> BlockingClient:
+        """Open the WebSocket; ``pipelined`` bytes go in the same write as the request."""
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client = cls(sock)
+        key = make_key()
+        client.send(handshake_request(path, key=key, host=f"{host}:{port}") + pipelined)
+        head = client._read_until(b"\r\n\r\n")
+        response = parse_response_head(head)
+        if response.status != 101:
+            raise AssertionError(f"handshake refused: {head!r}")
+        assert response.header("sec-websocket-accept") == accept_for(key), response.headers
+        assert (response.header("upgrade") or "").lower() == "websocket", response.headers
+        return client
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    # -- sending
+
+    def send(self, data: bytes, *, chunk: int | None = None) -> None:
+        """Send bytes in one write, or in writes of ``chunk`` bytes each.
+
+        A server may fail the connection before it has read everything (fail
+        fast on invalid UTF-8, 1009): once it has closed, the rest cannot be
+        sent and is dropped here; what it answered is still read afterwards.
+        """
+        try:
+            if chunk is None:
+                self.sock.sendall(data)
+                return
+            for start in range(0, len(data), chunk):
+                self.sock.sendall(data[start : start + chunk])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def send_frame(self, opcode: int, payload: bytes = b"", **kwargs: Any) -> None:
+        self.send(build_frame(opcode, payload, **kwargs))
+
+    def send_close(self, code: int | None = 1000, reason: bytes | str = b"") -> None:
+        self.send_frame(OP_CLOSE, close_payload(code, reason))
+
+    # -- receiving
+
+    def _fill(self) -> None:
+        try:
+            data = self.sock.recv(1 << 20)
+        except ConnectionResetError:  # data received before the reset was read already
+            data = b""
+        if not data:
+            raise EOFError("server closed the TCP connection")
+        self.buf += data
+
+    def _read_until(self, marker: bytes) -> bytes:
+        while (end := self.buf.find(marker)) < 0:
+            self._fill()
+        head = bytes(self.buf[:end])
+        del self.buf[: end + len(marker)]
+        return head
+
+    def recv_frame(self) -> Frame:
+        """The next frame from the server; server frames must be unmasked."""
+        while True:
+            try:
+                frame, end = parse_frame(self.buf)
+            except IncompleteFrame:
+                self._fill()
+                continue
+            del self.buf[:end]
+            assert not frame.masked, "server frames must not be masked (RFC 6455 5.1)"
+            return frame
+
+    def recv_message(self) -> tuple[int, bytes]:
+        """The next data message (reassembled), or the next control frame, as (opcode, payload).
+
+        Unlike :meth:`WireClient.read_message`, control frames are returned, not
+        answered or skipped, and one inside a fragmented message fails.
+        """
+        opcode, parts = None, []
+        while True:
+            frame = self.recv_frame()
+            assert frame.rsv == 0, frame
+            if frame.opcode >= 0x8:
+                if opcode is None:
+                    return frame.opcode, frame.payload
+                raise AssertionError(f"control frame {frame} inside a message")
+            if opcode is None:
+                assert frame.opcode in (OP_TEXT, OP_BINARY), frame
+                opcode = frame.opcode
+            else:
+                assert frame.opcode == OP_CONTINUATION, frame
+            parts.append(frame.payload)
+            if frame.fin:
+                return opcode, b"".join(parts)
+
+    def expect_close(self) -> Frame:
+        """Read the next frame, which must be a close frame, and return it."""
+        frame = self.recv_frame()
+        assert frame.opcode == OP_CLOSE, f"expected a close frame, got {frame!r:.200}"
+        assert frame.fin
+        return frame
+
+    def expect_eof(self) -> None:
+        """The server must end the TCP stream (EOF or reset) with nothing more sent."""
+        try:
+            data = self.sock.recv(1 << 16)
+        except ConnectionResetError:
+            data = b""
+        assert not self.buf and not data, f"expected EOF, got {bytes(self.buf) + data!r:.200}"
+
+
+class ServerThread:
+    """Run ``Server(make_components())`` on its own event loop in a daemon thread.
+
+    ``with ServerThread(lambda: [EchoComponent(cfg)]) as srv: srv.port``.
+    Leaving the block shuts the server down gracefully and joins the thread.
+    """
+
+    def __init__(self, make_components: Callable[[], list[Any]], **server_options: Any) -> None:
+        self.make_components = make_components
+        self.server_options = server_options
+        self.port = 0
+        self.components: list[Any] = []
+        self._ready = threading.Event()
+        self._token: Any = None
+        self._stop: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="flockws-test-server", daemon=True)
+
+    def _main(self) -> None:
+        import anyio.lowlevel
+
+        from flockws import Server
+
+        async def run() -> None:
+            self.components = self.make_components()
+            async with Server(self.components, host="127.0.0.1", port=0, **self.server_options) as server:
+                self.port = server.port
+                self._stop = anyio.Event()
+                self._token = anyio.lowlevel.current_token()
+                self._ready.set()
+                await self._stop.wait()
+
+        try:
+            anyio.run(run)
+        except BaseException as exc:  # surfaced in __enter__/__exit__
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    def call(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run ``func(*args)`` on the server's event loop and return its result."""
+        import anyio.from_thread
+
+        return anyio.from_thread.run_sync(func, *args, token=self._token)
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(10) or self._error is not None or not self.port:
+            raise RuntimeError(f"server thread did not start: {self._error!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None and self._thread.is_alive():
+            self.call(self._stop.set)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "server thread did not stop"
+        if self._error is not None:
+            raise self._error
