@@ -43,6 +43,7 @@ class WebSocketComponentConfig:
     history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
     send_hello: bool = True
     stream_coalesce_ms: float = 0.0
+    inbox_max_messages: int = 64  # messages waiting for on_message before reading pauses
     subscription_max_values: int = 64  # values per field (types, correlation ids, run ids) a client may narrow to
     subscription_max_value_length: int = 256  # characters per value
     enabled: bool = True  # Flock's ServerComponentConfig field: Flock skips a disabled component
@@ -71,6 +72,7 @@ class WebSocketComponentConfig:
             "history_max_bytes",
             "subscription_max_values",
             "subscription_max_value_length",
+            "inbox_max_messages",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

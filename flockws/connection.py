@@ -60,10 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("flockws")
 
 REPLAY_CHUNK = 256 * 1024  # resumed history goes out in writes of about this size
-LINGER_TIMEOUT = 2.0  # at most this long draining a peer after a closing HTTP response
 FLUSH_SLICE = 0.002  # seconds of writes before the flusher lets the loop run
-FRAME_BUDGET = 256  # inbound frames parsed per connection per turn of the loop
-REQUEST_BUDGET = 16  # pipelined HTTP requests answered per connection per turn of the loop
 STREAM_CHUNK = 64 * 1024  # a streamed response body is read and written in pieces of this size
 
 Decision = Response | tuple["WebSocketServerComponent", Any] | Any  # Any: asgi.APP
@@ -80,6 +77,9 @@ class Host(Protocol):
     app: ASGIApp | None
     stopping: bool
     tcp_keepalive: float | None
+    frame_budget: int  # inbound WebSocket frames parsed per connection per turn of the loop
+    request_budget: int  # pipelined HTTP requests answered per connection per turn of the loop
+    linger_timeout: float  # at most this long draining a peer after a closing HTTP response
 
     @property
     def app_state(self) -> dict[str, Any]: ...
@@ -238,7 +238,7 @@ class Connection(asyncio.Protocol):
             self.timer = server.flusher.loop.call_later(timeout, self.abort)
         elif kind == "linger":
             self.last_buffered = None
-            delay = self.component.config.close_timeout if self.component is not None else min(LINGER_TIMEOUT, server.close_timeout)
+            delay = self.component.config.close_timeout if self.component is not None else min(server.linger_timeout, server.close_timeout)
             self.timer = server.flusher.loop.call_later(delay, lambda: self._unless_sending(delay, self.abort))
 
     # ------------------------------------------------------------ transport callbacks
@@ -349,7 +349,7 @@ class Connection(asyncio.Protocol):
         assert proto is not None
         answered = 0
         while self.phase is Phase.REQUEST and not self.paused:
-            if answered == REQUEST_BUDGET:
+            if answered == self.server.request_budget:
                 # Pipelined requests get their turn like everyone else's (the rest waits in the core).
                 self._next_turn_later()
                 return
@@ -544,7 +544,8 @@ class Connection(asyncio.Protocol):
         self.server.websocket_opened(self, component)
         self.client = client
         self.component = component
-        self.session = Session(client, component, spawn=self.server.spawn, caught_up=self._caught_up)
+        self.session = Session(client, component, spawn=self.server.spawn, caught_up=self._caught_up,
+                               inbox_limit=config.inbox_max_messages)
         log.info("connect remote=%s path=%s", self.remote, request.path)
         out = proto.data_to_send()  # the 101, and in the same write what is owed first (the hello)
         if client.replay:
@@ -570,7 +571,7 @@ class Connection(asyncio.Protocol):
             if room is not None and room <= 0:
                 break
             before = proto.frames_in
-            events = proto.events(room, FRAME_BUDGET)
+            events = proto.events(room, self.server.frame_budget)
             parsed = counted = 0
             for event in events:
                 if isinstance(event, Message):

@@ -74,6 +74,9 @@ class Server:
         allowed_hosts: Sequence[str] | None = None,
         public_metrics: bool = False,
         tcp_keepalive: float | None = 60.0,
+        frame_budget: int = 256,
+        request_budget: int = 16,
+        linger_timeout: float = 2.0,
     ) -> None:
         components = list(components or [])
         if dashboard:
@@ -121,6 +124,13 @@ class Server:
         # Seconds of silence before the kernel probes a connection (then reaps it if the peer vanished):
         # with the heartbeat off (the default), nothing else would notice a client that disappeared.
         self.tcp_keepalive = tcp_keepalive
+        # Per connection per turn of the loop: one peer's flood of tiny frames or pipelined requests waits
+        # for everyone else's turn (see flockws.connection).
+        if frame_budget < 1 or request_budget < 1:
+            raise ValueError(f"frame_budget and request_budget must be >= 1, got {frame_budget} and {request_budget}")
+        self.frame_budget = frame_budget
+        self.request_budget = request_budget
+        self.linger_timeout = linger_timeout
         self.loopback_only = False
         self._origin_policy = any(c.decides_origin for c in self.components)
         # Components that may answer plain HTTP only after awaiting (a task per such request).

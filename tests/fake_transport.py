@@ -139,6 +139,10 @@ class FakeTransport(asyncio.Transport):
         return data
 
 
+FRAME_BUDGET = 256  # what the real Server defaults to
+LINGER_TIMEOUT = 2.0
+
+
 class FakeHost:
     """:class:`flockws.connection.Host` with one WebSocket endpoint, recording what connections report.
 
@@ -163,6 +167,9 @@ class FakeHost:
         self.app = None
         self.stopping = False
         self.tcp_keepalive: float | None = None
+        self.frame_budget = FRAME_BUDGET
+        self.request_budget = 16
+        self.linger_timeout = LINGER_TIMEOUT
         self.admitted: list[Connection] = []
         self.handshakes_done: list[Connection] = []
         self.opened: list[Connection] = []

@@ -16,7 +16,8 @@ import pytest
 
 from flockws import WebSocketComponentConfig, WebSocketServerComponent
 from flockws import connection as connection_module
-from flockws.connection import FRAME_BUDGET, LINGER_TIMEOUT, Connection, Host, Phase
+from fake_transport import FRAME_BUDGET, LINGER_TIMEOUT
+from flockws.connection import Connection, Host, Phase
 
 from eventclient import wait_until
 from fake_transport import FakeHost, FakeTransport, connect, next_turn
