@@ -156,6 +156,10 @@ class HTTPCycle:
         # what a client pipelines meanwhile waits in the core, up to the same bound.
         self.link.set_reading(self.buffered < BODY_HIGH_WATER and self.proto.buffered_input < BODY_HIGH_WATER)
 
+    def _write_head(self) -> None:
+        if not self.disconnected:
+            self.link.write(self.proto.data_to_send())  # nothing, if a body message took it along
+
     def writable(self) -> None:
         self.wakeup.set()
 
@@ -196,11 +200,12 @@ class HTTPCycle:
             self.started = True
             self.expects_continue = False
             if not self.disconnected:
-                # Written now, as uvicorn does: an application streaming events may wait long
-                # before its first body message, and its client waits for the head meanwhile.
                 headers = [(_str(k), _str(v)) for k, v in message.get("headers", ())]
                 self.proto.start_response(int(message["status"]), headers)
-                self.link.write(self.proto.data_to_send())
+                # Out at the end of this turn of the loop at the latest: a body sent right after
+                # shares its write (one segment, one syscall), and an application that waits long
+                # before its first body message (server-sent events) has its head out meanwhile.
+                asyncio.get_running_loop().call_soon(self._write_head)
             return
         if self.complete:
             raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, after response already completed.")

@@ -45,7 +45,6 @@ from urllib.parse import parse_qs
 
 import anyio
 
-from .accept import set_keepalive
 from .asgi import APP, HTTPCycle, WebSocketCycle, make_cycle
 from .broadcast import Client, Subscription
 from .components import subscription_fields
@@ -76,7 +75,6 @@ class Host(Protocol):
     ssl: ssl_module.SSLContext | None
     app: ASGIApp | None
     stopping: bool
-    tcp_keepalive: float | None
     frame_budget: int  # inbound WebSocket frames parsed per connection per turn of the loop
     request_budget: int  # pipelined HTTP requests answered per connection per turn of the loop
     linger_timeout: float  # at most this long draining a peer after a closing HTTP response
@@ -254,12 +252,6 @@ class Connection(asyncio.Protocol):
             transport.abort()  # never served (no core): connection_lost still reports it to the server
             return
         self.proto = ServerProtocol(max_header_size=server.max_header_size)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and server.tcp_keepalive:
-            try:
-                set_keepalive(sock, server.tcp_keepalive)
-            except OSError:  # not a TCP socket (a test's, a Unix socket): nothing to reap
-                pass
         if server.ssl is not None:
             self.tls = True
             self._enter(Phase.TLS)
@@ -544,8 +536,6 @@ class Connection(asyncio.Protocol):
         self.server.websocket_opened(self, component)
         self.client = client
         self.component = component
-        self.session = Session(client, component, spawn=self.server.spawn, caught_up=self._caught_up,
-                               inbox_limit=config.inbox_max_messages)
         log.info("connect remote=%s path=%s", self.remote, request.path)
         out = proto.data_to_send()  # the 101, and in the same write what is owed first (the hello)
         if client.replay:
@@ -562,7 +552,16 @@ class Connection(asyncio.Protocol):
 
     def _ws_events(self) -> None:
         proto, client, session = self.proto, self.client, self.session
-        assert proto is not None and client is not None and session is not None
+        assert proto is not None and client is not None
+        if session is None:
+            if proto.silent:
+                return  # the peer has sent nothing since the 101 (most broadcast clients never do)
+            # Made when the peer first sends: an idle connection costs no Session.
+            assert self.component is not None
+            session = self.session = Session(
+                client, self.component, spawn=self.server.spawn, caught_up=self._caught_up,
+                inbox_limit=self.component.config.inbox_max_messages,
+            )
         closed: Closed | None = None
         while True:
             # The handler is behind: parse no more than the inbox holds; the rest stays

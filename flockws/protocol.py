@@ -298,6 +298,11 @@ class ServerProtocol:
         return self._ws_events(max_messages, max_frames)
 
     @property
+    def silent(self) -> bool:
+        """Open, and the peer has sent nothing since the 101 (not even EOF)."""
+        return self.state is State.OPEN and self._ws is None and not self._eof
+
+    @property
     def has_partial_request(self) -> bool:
         """True while part of an HTTP request has arrived (for idle vs. slow-handshake timeouts)."""
         if self.state is not State.HTTP:

@@ -32,7 +32,7 @@ except ImportError:  # anyio then detects asyncio by the running loop
     sniffio = None  # type: ignore[assignment]
 from anyio.abc import ByteStream, TaskStatus
 
-from .accept import Listener, listen
+from .accept import Listener, listen, set_keepalive
 from .asgi import APP, ASGIApp, Lifespan
 from .auth import Refused
 from .builtins import AsyncAPIComponent, HealthComponent, MetricsComponent
@@ -132,6 +132,7 @@ class Server:
         self.request_budget = request_budget
         self.linger_timeout = linger_timeout
         self.loopback_only = False
+        self._hosts: dict[str, tuple[str, int]] = {}  # Host value -> (host, port), port -1 malformed, -2 refused
         self._origin_policy = any(c.decides_origin for c in self.components)
         # Components that may answer plain HTTP only after awaiting (a task per such request).
         self._own_http = any(type(c).handle_http is not ServerComponent.handle_http for c in self.components)
@@ -167,7 +168,7 @@ class Server:
         self.flusher = Flusher(loop)
         self.stopping = False  # a Server may be entered again after leaving
         token = anyio.lowlevel.current_token()
-        sockets = _bind(self.host, self.requested_port)  # before any task group: a taken port raises plainly
+        sockets = _bind(self.host, self.requested_port, self.tcp_keepalive)  # before any task group: a taken port raises plainly
         try:
             async with AsyncExitStack() as stack:
                 if self.lifespan is not None and self.lifespan.mode != "off":
@@ -411,11 +412,21 @@ class Server:
         value = request.header("host")
         if value is None:
             return None  # HTTP/1.0 without Host: not a browser
-        host = split_host(value, self.ssl is not None)
-        if host is None:
+        # The verdict per Host value is cached (bounded): clients name the same few hosts, and the
+        # handshake is the hot path of a connect storm.
+        verdict = self._hosts.get(value)
+        if verdict is None:
+            verdict = split_host(value, self.ssl is not None) or ("", -1)
+            if verdict[1] >= 0 and not host_allowed(verdict[0], self.allowed_hosts, self.loopback_only):
+                verdict = (verdict[0], -2)
+            if len(self._hosts) >= 256:
+                self._hosts.clear()
+            self._hosts[value] = verdict
+        if verdict[1] == -1:
             return Response(400, b"malformed Host header\n", [("content-type", "text/plain; charset=utf-8")], close=True)
-        if not host_allowed(host[0], self.allowed_hosts, self.loopback_only):
-            return Response.text(421, f"this server does not answer for host {host[0]!r} (see allowed_hosts)")
+        if verdict[1] == -2:
+            return Response.text(421, f"this server does not answer for host {verdict[0]!r} (see allowed_hosts)")
+        host = verdict
         origin = request.header("origin")
         if origin is not None and not self._origin_policy and (request.websocket or request.upgrade_error):
             if not same_origin(origin, host):
@@ -487,7 +498,7 @@ def _startup_failure(exc: BaseException) -> str | None:
     return None
 
 
-def _bind(host: str | Sequence[str] | None, port: int) -> list[socket.socket]:
+def _bind(host: str | Sequence[str] | None, port: int, keepalive: float | None = None) -> list[socket.socket]:
     """Bound (not yet listening) sockets for every address of ``host``; None means all interfaces.
 
     With ``port=0`` every address gets the port the first one was given, so
@@ -507,6 +518,8 @@ def _bind(host: str | Sequence[str] | None, port: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if keepalive:  # accepted sockets inherit it (no syscalls per connection)
+                set_keepalive(sock, keepalive)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
