@@ -12,7 +12,7 @@ for candidate in python3.12 python3.13 python3.14; do
 done
 if [ -z "$python" ] && command -v pyenv >/dev/null 2>&1; then
   # pyenv answers "command not found" for python3.12 while another version is selected: ask it.
-  version=$(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[2-9]' | tail -n 1 || true)
+  version=$(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[2-9]' | head -n 1 || true)  # the oldest: what the extra promises
   if [ -n "$version" ]; then python=$(PYENV_VERSION="$version" pyenv which python3 2>/dev/null || true); fi
   if [ -n "$python" ] && ! works "$python"; then python=""; fi
 fi
