@@ -25,9 +25,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+from wire import OP_CLOSE, OP_TEXT, PeerClosed, WireClient
 
 from flockws import Server, ServerComponent, WebSocketComponentConfig, WebSocketServerComponent
-from wire import OP_CLOSE, OP_TEXT, PeerClosed, WireClient
 
 HOST = "127.0.0.1"
 ENDPOINT = "/plugin/ws"

@@ -29,9 +29,8 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # else litellm downloads a price map
 
-from pydantic import BaseModel  # noqa: E402
-
-from flock import BatchSpec, DSPyEngine, EngineComponent, Flock, JoinSpec, flock_type  # noqa: E402
+from flock import BatchSpec, DSPyEngine, EngineComponent, Flock, JoinSpec, flock_type
+from pydantic import BaseModel
 
 MODEL = "openai/gpt-4o-mini"
 
@@ -161,7 +160,7 @@ class FailingEngine(EngineComponent):
 
     name: str | None = "failing"
 
-    async def evaluate(self, agent, ctx, inputs, output_group):  # noqa: ANN001, ANN201
+    async def evaluate(self, agent, ctx, inputs, output_group):
         raise RuntimeError("oven on fire")
 
 

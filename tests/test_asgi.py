@@ -39,6 +39,7 @@ import anyio.to_thread
 import httpx
 import pytest
 import uvicorn
+from eventclient import ENDPOINT, HOST, wait_until
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -49,7 +50,6 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from eventclient import ENDPOINT, HOST, wait_until
 from flockws import Server, WebSocketComponentConfig, WebSocketServerComponent
 from flockws.asgi import BODY_HIGH_WATER
 
@@ -1180,7 +1180,7 @@ async def test_http_scope_matches_the_reference_server() -> None:
         shown["query_string"] = scope["query_string"].decode("latin-1")
         shown["headers"] = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
         shown["client_host"] = scope["client"][0]
-        shown["server"] = list(scope["server"])[0]
+        shown["server"] = scope["server"][0]
         body = json.dumps(shown).encode()
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})

@@ -12,15 +12,15 @@ from typing import Any
 
 import anyio
 import pytest
+from eventclient import ENDPOINT, HOST, raw_connect, read_event, read_hello, serving, wait_until
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
+from wire import handshake_request, http_request
 
 import flockws.auth
-from eventclient import ENDPOINT, HOST, raw_connect, read_event, read_hello, serving, wait_until
 from flockws import WebSocketComponentConfig, WebSocketServerComponent
 from flockws.auth import Refused, bearer_token
 from flockws.protocol import Request
-from wire import handshake_request, http_request
 
 pytestmark = pytest.mark.anyio
 
@@ -237,25 +237,24 @@ async def test_visible_sends_each_artifact_only_to_its_owner_encoded_once() -> N
         {"type": "artifact", "owner": "alice", "n": 5},
     ]
     with anyio.fail_after(10):
-        async with serving(comp) as server:
-            async with await raw_connect(server.port) as alice, await raw_connect(server.port) as bob:
-                await alice.handshake(f"{ENDPOINT}?token=tok-alice")
-                await bob.handshake(ENDPOINT, extra=[("Authorization", "Bearer tok-bob")])
-                await read_hello(alice)
-                await read_hello(bob)
-                await wait_until(lambda: len(manager) == 2)
-                frames_before = manager.frames_delivered
-                delivered = [manager.broadcast(event) for event in events]
-                assert delivered == [1, 1, 2, 0, 1]
-                assert encodes == len(events)  # one encoding per event, whoever receives it
-                manager.broadcast({"type": "end"})
-                got = {}
-                for name, wire in (("alice", alice), ("bob", bob)):
-                    got[name] = []
-                    while (event := await read_event(wire))["type"] != "end":
-                        got[name].append(event["n"])
-                assert got == {"alice": [1, 3, 5], "bob": [2, 3]}
-                assert manager.frames_delivered - frames_before == 5 + 2
+        async with serving(comp) as server, await raw_connect(server.port) as alice, await raw_connect(server.port) as bob:
+            await alice.handshake(f"{ENDPOINT}?token=tok-alice")
+            await bob.handshake(ENDPOINT, extra=[("Authorization", "Bearer tok-bob")])
+            await read_hello(alice)
+            await read_hello(bob)
+            await wait_until(lambda: len(manager) == 2)
+            frames_before = manager.frames_delivered
+            delivered = [manager.broadcast(event) for event in events]
+            assert delivered == [1, 1, 2, 0, 1]
+            assert encodes == len(events)  # one encoding per event, whoever receives it
+            manager.broadcast({"type": "end"})
+            got = {}
+            for name, wire in (("alice", alice), ("bob", bob)):
+                got[name] = []
+                while (event := await read_event(wire))["type"] != "end":
+                    got[name].append(event["n"])
+            assert got == {"alice": [1, 3, 5], "bob": [2, 3]}
+            assert manager.frames_delivered - frames_before == 5 + 2
 
 
 async def test_visible_also_filters_the_resume_replay() -> None:
@@ -282,16 +281,15 @@ async def test_a_failing_visible_hook_withholds_the_event_and_the_broadcast_goes
     comp = token_component(visible=visible)
     manager = comp.manager
     with anyio.fail_after(10):
-        async with serving(comp) as server:
-            async with await raw_connect(server.port) as alice, await raw_connect(server.port) as bob:
-                await alice.handshake(f"{ENDPOINT}?token=tok-alice")
-                await bob.handshake(f"{ENDPOINT}?token=tok-bob")
-                await read_hello(alice)
-                await read_hello(bob)
-                await wait_until(lambda: len(manager) == 2)
-                assert manager.broadcast({"type": "tick"}) == 1
-                assert (await read_event(alice))["type"] == "tick"
-                assert len(manager) == 2
+        async with serving(comp) as server, await raw_connect(server.port) as alice, await raw_connect(server.port) as bob:
+            await alice.handshake(f"{ENDPOINT}?token=tok-alice")
+            await bob.handshake(f"{ENDPOINT}?token=tok-bob")
+            await read_hello(alice)
+            await read_hello(bob)
+            await wait_until(lambda: len(manager) == 2)
+            assert manager.broadcast({"type": "tick"}) == 1
+            assert (await read_event(alice))["type"] == "tick"
+            assert len(manager) == 2
     assert any("visible() hook failed" in r.getMessage() for r in caplog.records)
 
 

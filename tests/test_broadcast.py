@@ -10,11 +10,10 @@ import json
 import math
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
+from wire import OP_BINARY, OP_CONTINUATION, OP_PING, OP_TEXT, FrameParser
 
 from flockws.broadcast import HEARTBEAT_TIMEOUT, SLOW_CONSUMER, Client, WebSocketManager
-from wire import OP_BINARY, OP_CONTINUATION, OP_PING, OP_TEXT, FrameParser
 
 
 class Waker:

@@ -20,8 +20,9 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from eventclient import wait_until
+from greeting import recv_event, without_resume
+from hypothesis import given, strategies as st
 from websockets.asyncio.client import connect as ws_connect
 
 from flockws import Server, WebSocketComponentConfig, WebSocketServerComponent
@@ -35,9 +36,6 @@ from flockws.events import (
     ArtifactPublished,
     StreamingOutput,
 )
-
-from eventclient import wait_until
-from greeting import recv_event, without_resume
 
 pytestmark = pytest.mark.anyio
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import anyio
 import pytest
+from eventclient import serving, wait_until
+from greeting import recv_event
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
@@ -24,9 +26,6 @@ from flockws import (
     WebSocketManager,
     WebSocketServerComponent,
 )
-
-from eventclient import serving, wait_until
-from greeting import recv_event
 
 HOST = "127.0.0.1"
 

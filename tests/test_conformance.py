@@ -29,10 +29,6 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-
-from flockws.components import EchoComponent
-from flockws.config import WebSocketComponentConfig
-
 from wire import (
     OP_BINARY,
     OP_CLOSE,
@@ -45,6 +41,9 @@ from wire import (
     build_frame,
     close_payload,
 )
+
+from flockws.components import EchoComponent
+from flockws.config import WebSocketComponentConfig
 
 BIG_LIMIT = 8 << 20
 SMALL_LIMIT = 4096
@@ -354,7 +353,7 @@ def test_conformance(case: Case, servers: dict[str, int]) -> None:
                 if expected.reason is not None:
                     assert frame.payload[2:] == expected.reason
                 else:
-                    frame.close_reason  # decodes: any reason, but valid UTF-8 (RFC 6455 5.5.1)
+                    assert isinstance(frame.close_reason, str)  # decodes: any reason, but valid UTF-8 (RFC 6455 5.5.1)
                 _expect_eof_in_time(client)
                 closed = True
         if not closed:

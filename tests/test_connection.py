@@ -13,14 +13,8 @@ import asyncio
 import inspect
 
 import pytest
-
-from flockws import WebSocketComponentConfig, WebSocketServerComponent
-from flockws import connection as connection_module
-from fake_transport import FRAME_BUDGET, LINGER_TIMEOUT
-from flockws.connection import Connection, Host, Phase
-
 from eventclient import wait_until
-from fake_transport import FakeHost, FakeTransport, connect, next_turn
+from fake_transport import FRAME_BUDGET, LINGER_TIMEOUT, FakeHost, FakeTransport, connect, next_turn
 from wire import (
     OP_CLOSE,
     OP_PING,
@@ -35,6 +29,9 @@ from wire import (
     parse_frames,
     parse_response_head,
 )
+
+from flockws import WebSocketComponentConfig, WebSocketServerComponent, connection as connection_module
+from flockws.connection import Connection, Host, Phase
 
 pytestmark = pytest.mark.anyio
 

@@ -25,12 +25,11 @@ from typing import Any
 
 import anyio.from_thread
 import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS
 
 from flockws import Server, WebSocketComponentConfig, WebSocketServerComponent
 from flockws.dashboard import DashboardComponent, with_dashboard
 from flockws.protocol import Request
-
-from browser import CHROMIUM, CHROMIUM_ARGS
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 WAIT_MS = 10_000  # Playwright waits

@@ -18,8 +18,9 @@ from typing import Any
 
 import anyio
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from eventclient import serving, wait_until
+from greeting import recv_event, without_resume
+from hypothesis import given, strategies as st
 from websockets.asyncio.client import connect as ws_connect
 
 from flockws import Server, WebSocketComponentConfig, WebSocketManager, WebSocketServerComponent
@@ -36,10 +37,6 @@ from flockws.events import (
     StreamingOutput,
     utc_timestamp,
 )
-
-from eventclient import serving, wait_until
-from greeting import recv_event, without_resume
-
 
 # The page's examples, verbatim (key order included).
 PAGE_EXAMPLES = [

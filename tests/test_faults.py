@@ -22,8 +22,6 @@ import anyio
 import anyio.lowlevel
 import pytest
 from anyio.abc import SocketAttribute
-from websockets.asyncio.client import connect as ws_connect
-
 from eventclient import (
     ENDPOINT,
     Follower,
@@ -37,9 +35,11 @@ from eventclient import (
     task_count,
     wait_until,
 )
+from websockets.asyncio.client import connect as ws_connect
+from wire import OP_CLOSE, OP_PING, OP_TEXT, PeerClosed, WireClient, build_frame, close_payload, handshake_request
+
 from flockws import Server, WebSocketComponentConfig, WebSocketServerComponent
 from flockws.broadcast import Client, WebSocketManager
-from wire import OP_CLOSE, OP_PING, OP_TEXT, PeerClosed, WireClient, build_frame, close_payload, handshake_request
 
 pytestmark = pytest.mark.anyio
 

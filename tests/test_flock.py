@@ -16,12 +16,12 @@ import pytest
 
 pytest.importorskip("flock", reason="flock-core is not installed (needs Python >= 3.12; see tests/run_flock_tests.sh)")
 
-import anyio  # noqa: E402
-import websockets  # noqa: E402
-from flock.core.visibility import AgentIdentity, TenantVisibility  # noqa: E402
-from flock_serving import serving  # noqa: E402
-from flock import Flock  # noqa: E402
-from flock_workflows import (  # noqa: E402
+import anyio
+import websockets
+from flock import Flock
+from flock.core.visibility import AgentIdentity, TenantVisibility
+from flock_serving import serving
+from flock_workflows import (
     EVENT_TYPES,
     MODEL,
     PIZZA_MOCK,
@@ -33,12 +33,12 @@ from flock_workflows import (  # noqa: E402
     dspy_engine,
     run,
 )
-from wire import FrameParser, WireClient  # noqa: E402
+from wire import FrameParser, WireClient
 
-from flockws import WebSocketComponentConfig  # noqa: E402
-from flockws.auth import Refused  # noqa: E402
-from flockws.flock import FlockwsComponent, check_version, flock_visible  # noqa: E402
-from flockws.flock.hook import UnsupportedFlockVersion  # noqa: E402
+from flockws import WebSocketComponentConfig
+from flockws.auth import Refused
+from flockws.flock import FlockwsComponent, check_version, flock_visible
+from flockws.flock.hook import UnsupportedFlockVersion
 
 pytestmark = pytest.mark.anyio
 
@@ -96,12 +96,11 @@ async def test_every_real_event_type_arrives_on_both_endpoints_in_flocks_order()
 
 async def test_the_dashboards_json_ping_gets_its_pong() -> None:
     """The stock dashboard closes its socket when its {"type":"ping"} goes unanswered (stock Flock never answers)."""
-    async with serving(build_pizza_flock()) as (_component, base):
-        async with websockets.connect(base.replace("http", "ws") + "/ws") as dash:
-            await hello(dash)
-            await dash.send(json.dumps({"type": "ping"}))
-            with anyio.fail_after(10):
-                assert json.loads(await dash.recv()) == {"type": "pong"}
+    async with serving(build_pizza_flock()) as (_component, base), websockets.connect(base.replace("http", "ws") + "/ws") as dash:
+        await hello(dash)
+        await dash.send(json.dumps({"type": "ping"}))
+        with anyio.fail_after(10):
+            assert json.loads(await dash.recv()) == {"type": "pong"}
 
 
 async def test_a_stalled_tab_is_dropped_with_1013_and_no_agent_waits_for_it() -> None:

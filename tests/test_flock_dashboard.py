@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from browser import CHROMIUM, CHROMIUM_ARGS
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before flock: no price-map download
@@ -44,8 +43,8 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 import anyio  # noqa: E402
 import anyio.from_thread  # noqa: E402
-
 import flock_workflows as fw  # noqa: E402
+
 from flockws.flock import FlockwsComponent  # noqa: E402
 
 expect = sync_api.expect

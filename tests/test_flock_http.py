@@ -42,8 +42,8 @@ ws_sync = pytest.importorskip("websockets.sync.client")
 
 import anyio  # noqa: E402
 import anyio.from_thread  # noqa: E402
-
 import flock_workflows as fw  # noqa: E402
+
 from flockws.flock import FlockwsComponent  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -126,9 +126,8 @@ async def serve_both() -> AsyncIterator[Served]:
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[anyio.from_thread.BlockingPortal, Served]]:
     """Both servers on one event loop in a background thread, for the whole module."""
-    with anyio.from_thread.start_blocking_portal(backend="asyncio") as portal:
-        with portal.wrap_async_context_manager(serve_both()) as both:
-            yield portal, both
+    with anyio.from_thread.start_blocking_portal(backend="asyncio") as portal, portal.wrap_async_context_manager(serve_both()) as both:
+        yield portal, both
 
 
 @pytest.fixture(scope="module")

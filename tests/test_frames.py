@@ -13,15 +13,23 @@ import json
 import struct
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
+from wire import parse_frame, parse_frames
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from flockws.broadcast import WebSocketManager
-from flockws.frames import OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, encode_close, encode_frame, encode_message
-
-from wire import parse_frame, parse_frames
+from flockws.frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    encode_close,
+    encode_frame,
+    encode_message,
+)
 
 # Payload sizes around every length-encoding boundary, plus anything.
 sizes = st.sampled_from([0, 1, 125, 126, 127, 65535, 65536, 65537]) | st.integers(0, 70_000)

@@ -23,15 +23,13 @@ import re
 from urllib.parse import urlsplit
 
 import h11
-from hypothesis import assume, given, note
-from hypothesis import strategies as st
+from hypothesis import assume, given, note, strategies as st
+from wire import parse_frames
 
 from flockws.components import WebSocketServerComponent
 from flockws.http import Response
 from flockws.protocol import DEFAULT_MAX_HEADER_SIZE, Closed, HTTPError, Request, ServerProtocol, State, accept_token
 from flockws.server import Server
-
-from wire import parse_frames
 
 ENDPOINT = "/plugin/ws"
 TOKEN = re.compile(rb"^[-!#$%&'*+.^_`|~0-9a-zA-Z]+$")

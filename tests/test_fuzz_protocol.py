@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import struct
 
-from hypothesis import given, note
-from hypothesis import strategies as st
-
-from flockws.protocol import Closed, HTTPError, Message, Ping, Pong, Request, ServerProtocol, State
-
+from hypothesis import given, note, strategies as st
 from wire import (
     OP_BINARY,
     OP_CLOSE,
@@ -34,6 +30,8 @@ from wire import (
     handshake_request,
     parse_frames,
 )
+
+from flockws.protocol import Closed, HTTPError, Message, Ping, Pong, Request, ServerProtocol, State
 
 MAX_MESSAGE = 4096
 HANDSHAKE = handshake_request("/ws", host="test")
@@ -100,7 +98,7 @@ class Runner:
             if frame.opcode == OP_CLOSE:
                 assert index == len(frames) - 1, "frames after the close frame"
                 assert len(frame.payload) != 1
-                frame.close_reason  # decodes: valid UTF-8
+                assert isinstance(frame.close_reason, str)  # decodes: valid UTF-8
         pings = [e.payload for e in self.events if isinstance(e, Ping)]
         pongs = [f.payload for f in frames if f.opcode == OP_PONG]
         # Every pong answers a ping, in order (after our own close none is sent).

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import h11
 import pytest
-from hypothesis import event, given
-from hypothesis import strategies as st
+from hypothesis import event, given, strategies as st
 
 from flockws.head import Head, parse_head
 
@@ -223,7 +222,7 @@ def noisy_heads(draw: st.DrawFn) -> bytes:
                 "GET  / HTTP/1.1", "GET / HTTP/1.1 ", "GET /a b HTTP/1.1", "GET / http/1.1", "GET /\x80 HTTP/1.1",
                 "GET /\t HTTP/1.1", "GET / HTTP/1.1\x00", "GET //x HTTP/1.1",
             ]
-        )  # fmt: skip
+        )
         | st.text(TARGET_CHARS + " \x7f\x80", max_size=10).map(lambda t: f"GET /{t} HTTP/1.1")
     )
     prefix = draw(st.sampled_from([""] * 12 + ["\r\n", "\n", " ", "\t"]))

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from wire import FrameParser
 
 from flockws.broadcast import Client, Subscription, WebSocketManager
 from flockws.history import DEFAULT_HISTORY_MAX_BYTES, DEFAULT_HISTORY_MAX_EVENTS, History
-from wire import FrameParser
 
 
 def filled(n: int, *, max_events: int = 100, max_bytes: int = 1 << 20, size: int = 10, first: int = 1) -> History:

@@ -25,13 +25,10 @@ from typing import Any
 
 import anyio.from_thread
 import pytest
-
-from flockws import Server, WebSocketComponentConfig, WebSocketServerComponent
-from flockws import protocol as protocol_module
-
+from browser import CHROMIUM, CHROMIUM_ARGS
 from spec_page import JS_CLIENT as SPEC_JS_EXAMPLE
 
-from browser import CHROMIUM, CHROMIUM_ARGS
+from flockws import Server, WebSocketComponentConfig, WebSocketServerComponent, protocol as protocol_module
 
 WAIT_MS = 10_000
 WAIT_S = 15.0

@@ -11,12 +11,12 @@ from typing import Any
 
 import anyio
 import pytest
-
 from eventclient import ENDPOINT, component, raw_connect, read_event, read_hello, serving, wait_until
+from wire import OP_CONTINUATION, OP_TEXT, PeerClosed, WireClient, build_frame, handshake_request
+
 from flockws import WebSocketComponentConfig, WebSocketServerComponent
 from flockws.broadcast import Client
 from flockws.protocol import Request
-from wire import OP_CONTINUATION, OP_TEXT, PeerClosed, WireClient, build_frame, handshake_request
 
 pytestmark = pytest.mark.anyio
 
@@ -203,7 +203,6 @@ async def test_slowloris_half_sent_handshakes_cannot_exhaust_the_server() -> Non
     holders: list[WireClient] = []
     with anyio.fail_after(20):
         async with serving(comp, max_pending_per_address=per_address, handshake_timeout=1.5) as server:
-            refused = 0
             for _ in range(flood):
                 wire = await raw_connect(server.port)
                 holders.append(wire)
@@ -285,16 +284,15 @@ async def test_a_flood_of_frames_in_one_read_is_parsed_over_several_turns_and_no
 
     comp = component()
     with anyio.fail_after(20):
-        async with serving(comp) as server:
-            async with await raw_connect(server.port) as wire:
-                await wire.handshake(ENDPOINT)
-                await read_hello(wire)
-                await wire.send(b"".join(build_frame(OP_PING, i.to_bytes(2, "big")) for i in range(5000)))
-                pongs = [await wire.read_frame() for _ in range(5000)]
-                assert all(p.opcode == OP_PONG for p in pongs)
-                assert [int.from_bytes(p.payload, "big") for p in pongs] == list(range(5000))
-                comp.manager.broadcast({"type": "after"})
-                assert (await read_event(wire))["type"] == "after"
+        async with serving(comp) as server, await raw_connect(server.port) as wire:
+            await wire.handshake(ENDPOINT)
+            await read_hello(wire)
+            await wire.send(b"".join(build_frame(OP_PING, i.to_bytes(2, "big")) for i in range(5000)))
+            pongs = [await wire.read_frame() for _ in range(5000)]
+            assert all(p.opcode == OP_PONG for p in pongs)
+            assert [int.from_bytes(p.payload, "big") for p in pongs] == list(range(5000))
+            comp.manager.broadcast({"type": "after"})
+            assert (await read_event(wire))["type"] == "after"
 
 
 def test_per_address_limits_count_an_ipv6_host_by_its_64() -> None:
@@ -330,18 +328,16 @@ async def test_accepted_sockets_have_tcp_keepalive() -> None:
     if shutil.which("ss") is None:
         pytest.skip("needs ss (iproute2) to read the server socket's timer")
     with anyio.fail_after(10):
-        async with serving(component()) as server:
-            async with await raw_connect(server.port) as wire:
-                await wire.handshake(ENDPOINT)
-                out = subprocess.run(["ss", "-tnoH", "state", "established", f"( sport = :{server.port} )"],
-                                     capture_output=True, text=True, timeout=10).stdout
-                assert "timer:(keepalive" in out, out
-        async with serving(component(), tcp_keepalive=None) as server:
-            async with await raw_connect(server.port) as wire:
-                await wire.handshake(ENDPOINT)
-                out = subprocess.run(["ss", "-tnoH", "state", "established", f"( sport = :{server.port} )"],
-                                     capture_output=True, text=True, timeout=10).stdout
-                assert out.strip() and "keepalive" not in out, out
+        async with serving(component()) as server, await raw_connect(server.port) as wire:
+            await wire.handshake(ENDPOINT)
+            out = subprocess.run(["ss", "-tnoH", "state", "established", f"( sport = :{server.port} )"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            assert "timer:(keepalive" in out, out
+        async with serving(component(), tcp_keepalive=None) as server, await raw_connect(server.port) as wire:
+            await wire.handshake(ENDPOINT)
+            out = subprocess.run(["ss", "-tnoH", "state", "established", f"( sport = :{server.port} )"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            assert out.strip() and "keepalive" not in out, out
 
 
 def http_request_for(path: str) -> bytes:

@@ -14,11 +14,11 @@ from collections import defaultdict
 import anyio
 import anyio.lowlevel
 import pytest
-
 from eventclient import ENDPOINT, HOST, component, raw_connect, read_event, read_hello, serving, wait_until
+from wire import handshake_request, http_request
+
 from flockws import WebSocketComponentConfig, WebSocketServerComponent
 from flockws.auth import bearer_token
-from wire import handshake_request, http_request
 
 pytestmark = pytest.mark.anyio
 
@@ -89,57 +89,56 @@ async def test_metrics_expose_every_counter_in_prometheus_text() -> None:
     manager = comp.manager
     ep = {"endpoint": ENDPOINT}
     with anyio.fail_after(15):
-        async with serving(comp) as server:
-            async with await raw_connect(server.port) as reader, await raw_connect(server.port, rcvbuf=4096) as stalled:
-                await reader.handshake(f"{ENDPOINT}?token=tok")
-                await stalled.handshake(f"{ENDPOINT}?token=tok")
-                await read_hello(reader)
-                await read_hello(stalled)
-                async with await raw_connect(server.port) as refused:
-                    assert (await refused.request(handshake_request(ENDPOINT))).status == 401
-                await wait_until(lambda: len(manager) == 2)
-                sent = 0
-                while manager.dropped_slow == 0:  # the stalled one fills its buffers, then its queue
-                    manager.broadcast({"type": "blob", "data": "x" * size})
-                    sent += 1
-                    assert sent < 500
-                    if sent % 2 == 0:
-                        for _ in range(2):
-                            await read_event(reader)
-                    await anyio.lowlevel.checkpoint()
-                while reader.buffer or sent > 0:
-                    event = await read_event(reader)
-                    if event["seq"] == manager.seq:
-                        break
-                response = await get(server.port, "/metrics")
-                assert response.status == 200
-                assert response.header("content-type").startswith("text/plain; version=0.0.4")
-                types, samples = parse_prometheus(response.body.decode())
+        async with serving(comp) as server, await raw_connect(server.port) as reader, await raw_connect(server.port, rcvbuf=4096) as stalled:
+            await reader.handshake(f"{ENDPOINT}?token=tok")
+            await stalled.handshake(f"{ENDPOINT}?token=tok")
+            await read_hello(reader)
+            await read_hello(stalled)
+            async with await raw_connect(server.port) as refused:
+                assert (await refused.request(handshake_request(ENDPOINT))).status == 401
+            await wait_until(lambda: len(manager) == 2)
+            sent = 0
+            while manager.dropped_slow == 0:  # the stalled one fills its buffers, then its queue
+                manager.broadcast({"type": "blob", "data": "x" * size})
+                sent += 1
+                assert sent < 500
+                if sent % 2 == 0:
+                    for _ in range(2):
+                        await read_event(reader)
+                await anyio.lowlevel.checkpoint()
+            while reader.buffer or sent > 0:
+                event = await read_event(reader)
+                if event["seq"] == manager.seq:
+                    break
+            response = await get(server.port, "/metrics")
+            assert response.status == 200
+            assert response.header("content-type").startswith("text/plain; version=0.0.4")
+            types, samples = parse_prometheus(response.body.decode())
 
-                assert types["flockws_connections"] == "gauge"
-                assert value(samples, "flockws_connections", **ep) == 1
-                assert types["flockws_connections_accepted_total"] == "counter"
-                assert value(samples, "flockws_connections_accepted_total", **ep) == 2
-                assert value(samples, "flockws_connections_refused_total", reason="401", **ep) == 1
-                assert value(samples, "flockws_broadcasts_total", **ep) == sent
-                # hello x2, every broadcast to the reader, what reached the stalled one before the drop.
-                frames = value(samples, "flockws_frames_delivered_total", **ep)
-                assert sent + 2 <= frames <= 2 * sent + 2
-                assert value(samples, "flockws_bytes_delivered_total", **ep) >= sent * size
-                assert value(samples, "flockws_dropped_slow_total", **ep) == 1
-                assert value(samples, "flockws_heartbeat_timeouts_total", **ep) == 0
-                assert types["flockws_queue_depth_messages"] == "histogram"
-                depth = check_histogram(samples, "flockws_queue_depth_messages", **ep)
-                assert depth["+Inf"] == 1  # one open connection observed
-                assert types["flockws_broadcast_fanout_seconds"] == "histogram"
-                fanout = check_histogram(samples, "flockws_broadcast_fanout_seconds", **ep)
-                assert fanout["+Inf"] == sent
-                assert 0 < value(samples, "flockws_broadcast_fanout_seconds_sum", **ep) < 5
+            assert types["flockws_connections"] == "gauge"
+            assert value(samples, "flockws_connections", **ep) == 1
+            assert types["flockws_connections_accepted_total"] == "counter"
+            assert value(samples, "flockws_connections_accepted_total", **ep) == 2
+            assert value(samples, "flockws_connections_refused_total", reason="401", **ep) == 1
+            assert value(samples, "flockws_broadcasts_total", **ep) == sent
+            # hello x2, every broadcast to the reader, what reached the stalled one before the drop.
+            frames = value(samples, "flockws_frames_delivered_total", **ep)
+            assert sent + 2 <= frames <= 2 * sent + 2
+            assert value(samples, "flockws_bytes_delivered_total", **ep) >= sent * size
+            assert value(samples, "flockws_dropped_slow_total", **ep) == 1
+            assert value(samples, "flockws_heartbeat_timeouts_total", **ep) == 0
+            assert types["flockws_queue_depth_messages"] == "histogram"
+            depth = check_histogram(samples, "flockws_queue_depth_messages", **ep)
+            assert depth["+Inf"] == 1  # one open connection observed
+            assert types["flockws_broadcast_fanout_seconds"] == "histogram"
+            fanout = check_histogram(samples, "flockws_broadcast_fanout_seconds", **ep)
+            assert fanout["+Inf"] == sent
+            assert 0 < value(samples, "flockws_broadcast_fanout_seconds_sum", **ep) < 5
 
-                head = await get(server.port, "/metrics", "HEAD")
-                assert head.status == 200 and head.body == b""
-                await reader.send_close(1000)
-                await reader.read_close()
+            head = await get(server.port, "/metrics", "HEAD")
+            assert head.status == 200 and head.body == b""
+            await reader.send_close(1000)
+            await reader.read_close()
 
 
 async def test_metrics_and_stats_require_the_endpoints_authentication_unless_public() -> None:
@@ -172,30 +171,29 @@ async def test_stats_json_at_the_prefix() -> None:
     comp = component(prefix="/realtime/")
     manager = comp.manager
     with anyio.fail_after(10):
-        async with serving(comp) as server:
-            async with await raw_connect(server.port) as wire:
-                await wire.handshake("/realtime/ws")
-                await read_hello(wire)
-                await wait_until(lambda: len(manager) == 1)
-                manager.broadcast({"type": "tick"})
-                await read_event(wire)
-                response = await get(server.port, "/realtime/stats")
-                assert response.status == 200 and response.header("content-type").startswith("application/json")
-                stats = json.loads(response.body)
-                for key in (
-                    "connections",
-                    "accepted",
-                    "handshake_failures",
-                    "messages_broadcast",
-                    "frames_delivered",
-                    "bytes_delivered",
-                    "dropped_slow",
-                    "heartbeat_timeouts",
-                    "queued_bytes",
-                ):
-                    assert key in stats, key
-                assert stats["connections"] == 1 and stats["accepted"] == 1 and stats["messages_broadcast"] == 1
-                assert (await get(server.port, "/plugin/stats")).status == 404
+        async with serving(comp) as server, await raw_connect(server.port) as wire:
+            await wire.handshake("/realtime/ws")
+            await read_hello(wire)
+            await wait_until(lambda: len(manager) == 1)
+            manager.broadcast({"type": "tick"})
+            await read_event(wire)
+            response = await get(server.port, "/realtime/stats")
+            assert response.status == 200 and response.header("content-type").startswith("application/json")
+            stats = json.loads(response.body)
+            for key in (
+                "connections",
+                "accepted",
+                "handshake_failures",
+                "messages_broadcast",
+                "frames_delivered",
+                "bytes_delivered",
+                "dropped_slow",
+                "heartbeat_timeouts",
+                "queued_bytes",
+            ):
+                assert key in stats, key
+            assert stats["connections"] == 1 and stats["accepted"] == 1 and stats["messages_broadcast"] == 1
+            assert (await get(server.port, "/plugin/stats")).status == 404
     async with serving(component()) as server:  # the default prefix
         assert json.loads((await get(server.port, "/plugin/stats")).body)["connections"] == 0
 
@@ -206,21 +204,20 @@ async def test_structured_logs_for_connect_refuse_drop_and_close(caplog: pytest.
     comp = component(queue_max_messages=2, queue_max_bytes=2 * (size + 100), close_timeout=0.3, max_connections=2)
     manager = comp.manager
     with anyio.fail_after(10):
-        async with serving(comp) as server:
-            async with await raw_connect(server.port) as polite, await raw_connect(server.port, rcvbuf=4096) as stalled:
-                await polite.handshake(ENDPOINT)
-                await stalled.handshake(f"{ENDPOINT}?since=0")
-                await read_hello(polite)
-                async with await raw_connect(server.port) as third:
-                    assert (await third.request(handshake_request(ENDPOINT))).status == 503
-                await wait_until(lambda: len(manager) == 2)
-                polite_client, stalled_client = list(manager)
-                await polite.send_close(1000)
-                await polite.read_close()
-                while manager.dropped_slow == 0:
-                    manager.broadcast({"type": "blob", "data": "x" * size})
-                    await anyio.lowlevel.checkpoint()
-                await wait_until(lambda: server.stats()["connections"] == 0, what="both connections over")
+        async with serving(comp) as server, await raw_connect(server.port) as polite, await raw_connect(server.port, rcvbuf=4096) as stalled:
+            await polite.handshake(ENDPOINT)
+            await stalled.handshake(f"{ENDPOINT}?since=0")
+            await read_hello(polite)
+            async with await raw_connect(server.port) as third:
+                assert (await third.request(handshake_request(ENDPOINT))).status == 503
+            await wait_until(lambda: len(manager) == 2)
+            polite_client, stalled_client = list(manager)
+            await polite.send_close(1000)
+            await polite.read_close()
+            while manager.dropped_slow == 0:
+                manager.broadcast({"type": "blob", "data": "x" * size})
+                await anyio.lowlevel.checkpoint()
+            await wait_until(lambda: server.stats()["connections"] == 0, what="both connections over")
     lines = [r.getMessage() for r in caplog.records if r.name == "flockws"]
     by_kind = defaultdict(list)
     for line in lines:

@@ -142,24 +142,23 @@ async def test_broadcasts_through_nginx(tmp_path: Path) -> None:
 
     component, _ = make_component()
     with anyio.fail_after(30):
-        async with Server([component], port=0) as server:
-            async with nginx_in_front_of(server.port, tmp_path) as port:
-                url = f"ws://127.0.0.1:{port}{component.endpoint}"
-                async with connect(url, ping_interval=None) as first, connect(url, ping_interval=None) as second:
-                    await first.send("hello from behind nginx")
-                    await second.send("second")
-                    await component.wait_for("hello from behind nginx")  # type: ignore[attr-defined]
-                    await component.wait_for("second")  # type: ignore[attr-defined]
-                    assert len(component.manager) == 2
-                    assert component.manager.broadcast({"type": "agent_message", "content": "via nginx"}) == 2
-                    assert component.manager.broadcast(b"\x00" * 100_000) == 2  # fragmented
-                    for ws in (first, second):
-                        event = json.loads(await recv_event(ws))
-                        assert event["type"] == "agent_message" and event["content"] == "via nginx"
-                        assert await recv_event(ws) == b"\x00" * 100_000
-                    await (await first.ping(b"through nginx"))
-                    await first.close(1000)
-                    assert first.close_code == 1000
+        async with Server([component], port=0) as server, nginx_in_front_of(server.port, tmp_path) as port:
+            url = f"ws://127.0.0.1:{port}{component.endpoint}"
+            async with connect(url, ping_interval=None) as first, connect(url, ping_interval=None) as second:
+                await first.send("hello from behind nginx")
+                await second.send("second")
+                await component.wait_for("hello from behind nginx")  # type: ignore[attr-defined]
+                await component.wait_for("second")  # type: ignore[attr-defined]
+                assert len(component.manager) == 2
+                assert component.manager.broadcast({"type": "agent_message", "content": "via nginx"}) == 2
+                assert component.manager.broadcast(b"\x00" * 100_000) == 2  # fragmented
+                for ws in (first, second):
+                    event = json.loads(await recv_event(ws))
+                    assert event["type"] == "agent_message" and event["content"] == "via nginx"
+                    assert await recv_event(ws) == b"\x00" * 100_000
+                await (await first.ping(b"through nginx"))
+                await first.close(1000)
+                assert first.close_code == 1000
 
 
 async def test_heartbeat_keeps_idle_connection_alive_through_nginx(tmp_path: Path) -> None:
@@ -192,14 +191,13 @@ async def test_without_heartbeat_nginx_closes_idle_connection(tmp_path: Path) ->
 
     component, _ = make_component(enable_heartbeat=False)
     with anyio.fail_after(30):
-        async with Server([component], port=0) as server:
-            async with nginx_in_front_of(server.port, tmp_path) as port:
-                async with connect(f"ws://127.0.0.1:{port}{component.endpoint}", ping_interval=None) as ws:
-                    await ws.send("joined")
-                    await component.wait_for("joined")  # type: ignore[attr-defined]
-                    start = time.monotonic()  # the greeting (if any) came at the handshake, before this
-                    with pytest.raises(ConnectionClosed), anyio.fail_after(3 * PROXY_READ_TIMEOUT + 2):
-                        await recv_event(ws)
-                    elapsed = time.monotonic() - start
-                    assert 0.5 * PROXY_READ_TIMEOUT <= elapsed <= 3 * PROXY_READ_TIMEOUT, elapsed
-                    assert ws.close_code in (None, 1006)  # nginx drops the TCP connection: no close frame
+        async with Server([component], port=0) as server, nginx_in_front_of(server.port, tmp_path) as port:
+            async with connect(f"ws://127.0.0.1:{port}{component.endpoint}", ping_interval=None) as ws:
+                await ws.send("joined")
+                await component.wait_for("joined")  # type: ignore[attr-defined]
+                start = time.monotonic()  # the greeting (if any) came at the handshake, before this
+                with pytest.raises(ConnectionClosed), anyio.fail_after(3 * PROXY_READ_TIMEOUT + 2):
+                    await recv_event(ws)
+                elapsed = time.monotonic() - start
+                assert 0.5 * PROXY_READ_TIMEOUT <= elapsed <= 3 * PROXY_READ_TIMEOUT, elapsed
+                assert ws.close_code in (None, 1006)  # nginx drops the TCP connection: no close frame

@@ -7,26 +7,7 @@ so every assertion is about what would go on the wire.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from flockws.frames import encode_close, encode_frame, encode_message
-from flockws.protocol import (
-    Closed,
-    HTTPError,
-    Message,
-    Ping,
-    Pong,
-    ProtocolUsageError,
-    Request,
-    RequestData,
-    RequestEnd,
-    ServerProtocol,
-    State,
-    accept_token,
-    check_upgrade,
-)
-
+from hypothesis import given, strategies as st
 from wire import (
     OP_BINARY,
     OP_CLOSE,
@@ -43,6 +24,23 @@ from wire import (
     http_request,
     make_key,
     parse_response_head,
+)
+
+from flockws.frames import encode_close, encode_frame, encode_message
+from flockws.protocol import (
+    Closed,
+    HTTPError,
+    Message,
+    Ping,
+    Pong,
+    ProtocolUsageError,
+    Request,
+    RequestData,
+    RequestEnd,
+    ServerProtocol,
+    State,
+    accept_token,
+    check_upgrade,
 )
 
 # ---------------------------------------------------------------- helpers

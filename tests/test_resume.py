@@ -11,9 +11,8 @@ import json
 import anyio
 import anyio.lowlevel
 import pytest
-from websockets.asyncio.client import connect as ws_connect
-
 from eventclient import ENDPOINT, Follower, component, raw_connect, read_event, read_hello, serving, wait_until
+from websockets.asyncio.client import connect as ws_connect
 
 pytestmark = pytest.mark.anyio
 

@@ -18,13 +18,8 @@ from collections import defaultdict
 import anyio
 import pytest
 import websockets
-from websockets.asyncio.client import connect as ws_connect
-
-from flockws import Response, Server, ServerComponent, WebSocketComponentConfig, WebSocketServerComponent
-from flockws.broadcast import Client
-from flockws.protocol import Request
-
 from eventclient import serving, wait_until
+from websockets.asyncio.client import connect as ws_connect
 from wire import (
     OP_BINARY,
     OP_CLOSE,
@@ -38,6 +33,10 @@ from wire import (
     handshake_request,
     http_request,
 )
+
+from flockws import Response, Server, ServerComponent, WebSocketComponentConfig, WebSocketServerComponent
+from flockws.broadcast import Client
+from flockws.protocol import Request
 
 pytestmark = pytest.mark.anyio
 
@@ -107,25 +106,24 @@ async def test_large_message_is_fragmented_and_reassembled() -> None:
     manager = ws_component.manager
     text = "".join(chr(0x41 + i % 26) for i in range(10_000)) + "é" * 1000
     with anyio.fail_after(10):
-        async with serving(ws_component) as server:
-            async with await wire(server) as raw, ws_connect(server.url(ENDPOINT), proxy=None) as ws:
-                await raw.handshake(ENDPOINT)
-                await wait_until(lambda: len(manager) == 2)
-                assert manager.broadcast(text) == 2
-                assert manager.broadcast(b"\x00" * 3000) == 2
-                # On the wire: a text frame without FIN, continuations of fragment_size, the last with FIN.
-                frames = []
-                while not frames or not frames[-1].fin:
-                    frames.append(await raw.read_frame())
-                assert frames[0].opcode == OP_TEXT and not frames[0].fin
-                assert all(f.opcode == OP_CONTINUATION for f in frames[1:])
-                assert [len(f.payload) for f in frames[:-1]] == [1024] * (len(frames) - 1)
-                assert len(frames) == -(-len(text.encode()) // 1024)
-                assert b"".join(f.payload for f in frames).decode() == text
-                assert await raw.read_message() == (OP_BINARY, b"\x00" * 3000)
-                # And a real client reassembles it.
-                assert await ws.recv() == text
-                assert await ws.recv() == b"\x00" * 3000
+        async with serving(ws_component) as server, await wire(server) as raw, ws_connect(server.url(ENDPOINT), proxy=None) as ws:
+            await raw.handshake(ENDPOINT)
+            await wait_until(lambda: len(manager) == 2)
+            assert manager.broadcast(text) == 2
+            assert manager.broadcast(b"\x00" * 3000) == 2
+            # On the wire: a text frame without FIN, continuations of fragment_size, the last with FIN.
+            frames = []
+            while not frames or not frames[-1].fin:
+                frames.append(await raw.read_frame())
+            assert frames[0].opcode == OP_TEXT and not frames[0].fin
+            assert all(f.opcode == OP_CONTINUATION for f in frames[1:])
+            assert [len(f.payload) for f in frames[:-1]] == [1024] * (len(frames) - 1)
+            assert len(frames) == -(-len(text.encode()) // 1024)
+            assert b"".join(f.payload for f in frames).decode() == text
+            assert await raw.read_message() == (OP_BINARY, b"\x00" * 3000)
+            # And a real client reassembles it.
+            assert await ws.recv() == text
+            assert await ws.recv() == b"\x00" * 3000
 
 
 # ---------------------------------------------------------------- scale
@@ -286,29 +284,28 @@ async def test_stalled_client_is_aborted_after_close_timeout() -> None:
     ws_component = component(queue_max_messages=2, queue_max_bytes=3 * size, close_timeout=0.5)
     manager = ws_component.manager
     with anyio.fail_after(15):
-        async with serving(ws_component) as server:
-            async with await WireClient.connect(HOST, server.port, rcvbuf=4096) as raw:
-                await raw.handshake(ENDPOINT)
-                await wait_until(lambda: len(manager) == 1)
-                [client] = list(manager)
-                sent = 0
-                while manager.dropped_slow == 0:
-                    assert sent < 2000
-                    manager.broadcast(f"{sent:08d}".ljust(size, "."))
-                    sent += 1
-                    await anyio.lowlevel.checkpoint()
-                assert client.close_request == (1013, "slow consumer")
-                await wait_until(lambda: server.stats()["connections"] == 0, timeout=5)
-                # What reached the client's kernel buffers is intact and in order; then the
-                # stream ends (the writer was stuck, so no close frame could be sent).
-                rest = await raw.read_eof()
-                parser = FrameParser()
-                parser.feed(rest)
-                seqs = []
-                while (frame := parser.next_frame()) is not None:
-                    assert frame.opcode == OP_TEXT, frame.opcode
-                    seqs.append(int(frame.payload[:8]))
-                assert seqs == list(range(len(seqs)))
+        async with serving(ws_component) as server, await WireClient.connect(HOST, server.port, rcvbuf=4096) as raw:
+            await raw.handshake(ENDPOINT)
+            await wait_until(lambda: len(manager) == 1)
+            [client] = list(manager)
+            sent = 0
+            while manager.dropped_slow == 0:
+                assert sent < 2000
+                manager.broadcast(f"{sent:08d}".ljust(size, "."))
+                sent += 1
+                await anyio.lowlevel.checkpoint()
+            assert client.close_request == (1013, "slow consumer")
+            await wait_until(lambda: server.stats()["connections"] == 0, timeout=5)
+            # What reached the client's kernel buffers is intact and in order; then the
+            # stream ends (the writer was stuck, so no close frame could be sent).
+            rest = await raw.read_eof()
+            parser = FrameParser()
+            parser.feed(rest)
+            seqs = []
+            while (frame := parser.next_frame()) is not None:
+                assert frame.opcode == OP_TEXT, frame.opcode
+                seqs.append(int(frame.payload[:8]))
+            assert seqs == list(range(len(seqs)))
 
 
 # ---------------------------------------------------------------- refusals

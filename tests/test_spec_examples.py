@@ -14,6 +14,9 @@ from typing import Any
 
 import anyio
 import pytest
+from eventclient import wait_until
+from greeting import recv_event
+from spec_page import JS_CLIENT, PYTHON_CLIENT
 
 from flockws import (
     CORSComponent,
@@ -25,10 +28,6 @@ from flockws import (
     serve,
 )
 from flockws.events import AgentExecutionCompleted, AgentExecutionStarted, ArtifactPublished, StreamingOutput
-
-from eventclient import wait_until
-from greeting import recv_event
-from spec_page import JS_CLIENT, PYTHON_CLIENT
 
 pytestmark = pytest.mark.anyio
 
@@ -68,7 +67,7 @@ async def test_python_client_example_runs_unchanged() -> None:
                 printed_enough.set()
 
         namespace: dict[str, Any] = {"__name__": "flock_page_example", "print": capture}
-        exec(compile(body, "<page: Python Client>", "exec"), namespace)  # noqa: S102 - the page's own code
+        exec(compile(body, "<page: Python Client>", "exec"), namespace)
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(namespace["connect_to_flock"])

@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 import anyio
 import h11
 import pytest
+from eventclient import wait_until
 
 from flockws import Response, Server, ServerComponent
 from flockws.config import ConfigError
 from flockws.static import StaticFilesServerComponent
-
-from eventclient import wait_until
 
 pytestmark = pytest.mark.anyio
 

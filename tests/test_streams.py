@@ -14,9 +14,9 @@ import anyio
 import pytest
 from anyio.streams.tls import TLSListener
 from websockets.asyncio.client import connect as ws_connect
+from wire import OP_TEXT, WireClient, build_frame
 
 from flockws import Server, WebSocketComponentConfig, WebSocketServerComponent
-from wire import OP_TEXT, WireClient, build_frame
 
 pytestmark = pytest.mark.anyio
 

@@ -11,10 +11,9 @@ import json
 import anyio
 import anyio.lowlevel
 import pytest
-
+from eventclient import ENDPOINT, component, raw_connect, read_event, read_hello, serving, wait_until
 from wire import handshake_request
 
-from eventclient import ENDPOINT, component, raw_connect, read_event, read_hello, serving, wait_until
 from flockws import WebSocketComponentConfig, WebSocketServerComponent
 from flockws.broadcast import Client, Subscription, WebSocketManager
 
@@ -48,21 +47,20 @@ async def test_query_subscription_narrows_the_stream(query: str, expected: list[
     comp = component()
     manager = comp.manager
     with anyio.fail_after(10):
-        async with serving(comp) as server:
-            async with await raw_connect(server.port) as wire:
-                await wire.handshake(f"{ENDPOINT}?{query}")
-                await read_hello(wire)
-                await wait_until(lambda: len(manager) == 1)
-                for event in EVENTS:
-                    manager.broadcast(event)
-                manager.broadcast(SENTINEL)  # wanted by every subscription above: marks the end
-                got = []
-                while not got or got[-1] != 6:
-                    event = await read_event(wire)
-                    assert isinstance(event, dict), event
-                    got.append(event["seq"])
-                assert got == [*expected, 6]
-                assert event == {**SENTINEL, "seq": 6}
+        async with serving(comp) as server, await raw_connect(server.port) as wire:
+            await wire.handshake(f"{ENDPOINT}?{query}")
+            await read_hello(wire)
+            await wait_until(lambda: len(manager) == 1)
+            for event in EVENTS:
+                manager.broadcast(event)
+            manager.broadcast(SENTINEL)  # wanted by every subscription above: marks the end
+            got = []
+            while not got or got[-1] != 6:
+                event = await read_event(wire)
+                assert isinstance(event, dict), event
+                got.append(event["seq"])
+            assert got == [*expected, 6]
+            assert event == {**SENTINEL, "seq": 6}
 
 
 async def test_subscribe_message_narrows_and_unsubscribe_widens() -> None:
@@ -128,16 +126,15 @@ async def test_malformed_subscribe_is_answered_with_an_error_and_the_connection_
     comp = component()
     manager = comp.manager
     with anyio.fail_after(10):
-        async with serving(comp) as server:
-            async with await raw_connect(server.port) as wire:
-                await wire.handshake(ENDPOINT)
-                await read_hello(wire)
-                await wire.send_text(json.dumps({"type": "subscribe", "types": [1, 2]}))
-                error = await read_event(wire)
-                assert error["type"] == "error" and "types" in error["error"]
-                await wait_until(lambda: len(manager) == 1)
-                manager.broadcast({"type": "tick"})
-                assert (await read_event(wire))["type"] == "tick"
+        async with serving(comp) as server, await raw_connect(server.port) as wire:
+            await wire.handshake(ENDPOINT)
+            await read_hello(wire)
+            await wire.send_text(json.dumps({"type": "subscribe", "types": [1, 2]}))
+            error = await read_event(wire)
+            assert error["type"] == "error" and "types" in error["error"]
+            await wait_until(lambda: len(manager) == 1)
+            manager.broadcast({"type": "tick"})
+            assert (await read_event(wire))["type"] == "tick"
 
 
 async def test_subscribe_messages_do_not_reach_on_message() -> None:
@@ -148,15 +145,14 @@ async def test_subscribe_messages_do_not_reach_on_message() -> None:
 
     comp = WebSocketServerComponent(WebSocketComponentConfig(), on_message=on_message)
     with anyio.fail_after(10):
-        async with serving(comp) as server:
-            async with await raw_connect(server.port) as wire:
-                await wire.handshake(ENDPOINT)
-                await read_hello(wire)
-                await wire.send_text(json.dumps({"type": "subscribe", "types": ["x"]}))
-                await wire.send_text("hello app")
-                await wait_until(lambda: seen == ["hello app"])
-                await wire.send_close(1000)
-                await wire.read_close()
+        async with serving(comp) as server, await raw_connect(server.port) as wire:
+            await wire.handshake(ENDPOINT)
+            await read_hello(wire)
+            await wire.send_text(json.dumps({"type": "subscribe", "types": ["x"]}))
+            await wire.send_text("hello app")
+            await wait_until(lambda: seen == ["hello app"])
+            await wire.send_close(1000)
+            await wire.read_close()
 
 
 async def test_filtering_happens_before_queueing_so_a_narrowed_stalled_client_is_not_dropped() -> None:
@@ -165,28 +161,27 @@ async def test_filtering_happens_before_queueing_so_a_narrowed_stalled_client_is
     comp = component(queue_max_messages=4, queue_max_bytes=1 << 16, close_timeout=1)
     manager = comp.manager
     with anyio.fail_after(10):
-        async with serving(comp) as server:
-            async with await raw_connect(server.port, rcvbuf=4096) as narrow, await raw_connect(
-                server.port, rcvbuf=4096
-            ) as wide:
-                await narrow.handshake(f"{ENDPOINT}?types=rare")
-                await wide.handshake(ENDPOINT)
-                await read_hello(narrow)
-                await read_hello(wide)
-                await wait_until(lambda: len(manager) == 2)
-                for i in range(50_000):  # until the wide one's socket takes no more (the kernel buffers first)
-                    manager.broadcast({"type": "common", "n": i, "pad": "x" * 200})
-                    if i % 50 == 0:
-                        await anyio.lowlevel.checkpoint()
-                        if manager.dropped_slow:
-                            break
-                # The wide client (also not reading) was dropped; the narrow one was not.
-                assert manager.dropped_slow == 1 and len(manager) == 1
-                (survivor,) = list(manager)
-                assert survivor.subscription.types == {"rare"} and not survivor.queue
-                manager.broadcast({"type": "rare", "n": -1})
-                event = await read_event(narrow)
-                assert event["type"] == "rare" and event["seq"] == manager.seq
+        async with serving(comp) as server, await raw_connect(server.port, rcvbuf=4096) as narrow, await raw_connect(
+            server.port, rcvbuf=4096
+        ) as wide:
+            await narrow.handshake(f"{ENDPOINT}?types=rare")
+            await wide.handshake(ENDPOINT)
+            await read_hello(narrow)
+            await read_hello(wide)
+            await wait_until(lambda: len(manager) == 2)
+            for i in range(50_000):  # until the wide one's socket takes no more (the kernel buffers first)
+                manager.broadcast({"type": "common", "n": i, "pad": "x" * 200})
+                if i % 50 == 0:
+                    await anyio.lowlevel.checkpoint()
+                    if manager.dropped_slow:
+                        break
+            # The wide client (also not reading) was dropped; the narrow one was not.
+            assert manager.dropped_slow == 1 and len(manager) == 1
+            (survivor,) = list(manager)
+            assert survivor.subscription.types == {"rare"} and not survivor.queue
+            manager.broadcast({"type": "rare", "n": -1})
+            event = await read_event(narrow)
+            assert event["type"] == "rare" and event["seq"] == manager.seq
 
 
 def test_manager_queues_the_same_frame_object_only_for_matching_clients() -> None:
@@ -245,13 +240,12 @@ async def test_deeply_nested_json_is_not_a_control_message_and_the_connection_st
     comp = component()
     manager = comp.manager
     with anyio.fail_after(10):
-        async with serving(comp) as server:
-            async with await raw_connect(server.port) as wire:
-                await wire.handshake(ENDPOINT)
-                await read_hello(wire)
-                await wire.send_text('{"type":"subscribe","types":' + "[" * 100_000 + "]" * 100_000 + "}")
-                await wire.send_text(json.dumps({"type": "subscribe", "types": ["tick"]}))  # still served
-                await wait_until(lambda: [c.subscription.types if c.subscription else None for c in manager] == [{"tick"}])
-                manager.broadcast({"type": "tock"})
-                manager.broadcast({"type": "tick"})
-                assert (await read_event(wire))["type"] == "tick"
+        async with serving(comp) as server, await raw_connect(server.port) as wire:
+            await wire.handshake(ENDPOINT)
+            await read_hello(wire)
+            await wire.send_text('{"type":"subscribe","types":' + "[" * 100_000 + "]" * 100_000 + "}")
+            await wire.send_text(json.dumps({"type": "subscribe", "types": ["tick"]}))  # still served
+            await wait_until(lambda: [c.subscription.types if c.subscription else None for c in manager] == [{"tick"}])
+            manager.broadcast({"type": "tock"})
+            manager.broadcast({"type": "tick"})
+            assert (await read_event(wire))["type"] == "tick"

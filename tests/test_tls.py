@@ -11,12 +11,12 @@ import ssl
 import anyio
 import pytest
 from anyio.streams.tls import TLSStream
-from websockets.asyncio.client import connect as ws_connect
-
 from eventclient import ENDPOINT, HOST, component, read_event, read_hello, serving, wait_until
+from websockets.asyncio.client import connect as ws_connect
+from wire import WireClient, handshake_request, http_request
+
 from flockws import WebSocketComponentConfig, WebSocketServerComponent, serve
 from flockws.auth import bearer_token
-from wire import WireClient, handshake_request, http_request
 
 trustme = pytest.importorskip("trustme")
 
@@ -24,19 +24,19 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
-def ca() -> "trustme.CA":
+def ca() -> trustme.CA:
     return trustme.CA()
 
 
 @pytest.fixture(scope="module")
-def server_context(ca: "trustme.CA") -> ssl.SSLContext:
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(HOST, "localhost").configure_cert(context)
     return context
 
 
 @pytest.fixture(scope="module")
-def client_context(ca: "trustme.CA") -> ssl.SSLContext:
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     return context
@@ -123,7 +123,6 @@ async def test_plaintext_and_vanishing_clients_on_the_tls_port(
 ) -> None:
     caplog.set_level(logging.INFO)
     comp = component()
-    manager = comp.manager
     with anyio.fail_after(10):
         async with serving(comp, ssl=server_context, handshake_timeout=0.5) as server:
             # Plain HTTP to the TLS port: the TLS handshake fails, the connection ends.

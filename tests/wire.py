@@ -329,7 +329,7 @@ class WireClient:
                     await anyio.wait_writable(sock)
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if error:
-                    raise OSError(error, os.strerror(error))
+                    raise OSError(error, os.strerror(error)) from None
             return cls(await SocketStream.from_socket(sock))
         except BaseException:
             sock.close()
