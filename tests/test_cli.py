@@ -8,10 +8,8 @@ first line, which is the readiness signal; every read is bounded with
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +21,7 @@ import pytest
 from eventclient import wait_until
 from greeting import recv_event, without_resume
 from hypothesis import given, strategies as st
+from processes import HOST, Lines, interrupt, running, ws
 from websockets.asyncio.client import connect as ws_connect
 
 from flockws import Server, WebSocketComponentConfig, WebSocketServerComponent
@@ -39,74 +38,16 @@ from flockws.events import (
 
 pytestmark = pytest.mark.anyio
 
-HOST = "127.0.0.1"
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"}
 EVENT_MODELS = {cls.type: cls for cls in DOCUMENTED_EVENTS}
 
 
 # ---------------------------------------------------------------- helpers
 
 
-class Lines:
-    """Line reader over a process pipe; every read is bounded by the caller's timeout."""
-
-    def __init__(self, stream: anyio.abc.ByteReceiveStream | None) -> None:
-        assert stream is not None
-        self.stream = stream
-        self.buffer = b""
-        self.seen: list[str] = []
-
-    async def readline(self, timeout: float = 10.0) -> str:
-        with anyio.fail_after(timeout):
-            while b"\n" not in self.buffer:
-                try:
-                    self.buffer += await self.stream.receive()
-                except anyio.EndOfStream:
-                    raise AssertionError(f"stream ended; lines so far: {self.seen}") from None
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        text = line.decode()
-        self.seen.append(text)
-        return text
-
-    async def until(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
-        """Read lines until one matches ``pattern``."""
-        with anyio.fail_after(timeout):
-            while True:
-                match = re.search(pattern, await self.readline(timeout))
-                if match:
-                    return match
-
-    async def rest(self, timeout: float = 10.0) -> str:
-        """Everything until the end of the stream (the process has exited)."""
-        with anyio.fail_after(timeout):
-            try:
-                while True:
-                    self.buffer += await self.stream.receive()
-            except anyio.EndOfStream:
-                pass
-        return "\n".join(self.seen) + "\n" + self.buffer.decode()
-
-
 @asynccontextmanager
 async def flockws(*args: str) -> AsyncIterator[anyio.abc.Process]:
-    process = await anyio.open_process(
-        [sys.executable, "-m", "flockws", *args],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
-    )
-    try:
+    async with running([sys.executable, "-m", "flockws", *args]) as process:
         yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            await process.wait()
-        await process.aclose()
-
-
-async def interrupt(process: anyio.abc.Process, timeout: float = 10.0) -> int:
-    process.send_signal(signal.SIGINT)
-    with anyio.fail_after(timeout):
-        return await process.wait()
 
 
 async def http_get(port: int, path: str) -> tuple[str, str, bytes]:
@@ -123,10 +64,6 @@ async def http_get(port: int, path: str) -> tuple[str, str, bytes]:
     head, _, body = data.partition(b"\r\n\r\n")
     status = head.split(b"\r\n", 1)[0].decode()
     return status, head.decode().lower(), body
-
-
-def ws(url: str):  # type: ignore[no-untyped-def]
-    return ws_connect(url, proxy=None, open_timeout=5, close_timeout=5)
 
 
 # ---------------------------------------------------------------- serve

@@ -39,11 +39,9 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
-from websockets.asyncio.client import connect as ws_connect
+from processes import ENV, HOST, Lines, interrupt, running, ws
 
 ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8", "NO_COLOR": "1"}
 FLOCKWS = Path(sys.executable).parent / "flockws"  # the console script ([project.scripts])
 
 # What each benchmark server needs beyond the test extra (benchmarks/run.py's SERVERS).
@@ -65,59 +63,11 @@ def server_param(name: str) -> Any:
 # ---------------------------------------------------------------- helpers: the flockws verbs
 
 
-class Lines:
-    """Line reader over a process pipe; every read is bounded."""
-
-    def __init__(self, stream: anyio.abc.ByteReceiveStream | None) -> None:
-        assert stream is not None
-        self.stream = stream
-        self.buffer = b""
-        self.seen: list[str] = []
-
-    async def until(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
-        with anyio.fail_after(timeout):
-            while True:
-                while b"\n" not in self.buffer:
-                    try:
-                        self.buffer += await self.stream.receive()
-                    except anyio.EndOfStream:
-                        raise AssertionError(f"output ended before {pattern!r}; lines: {self.seen}") from None
-                line, self.buffer = self.buffer.split(b"\n", 1)
-                self.seen.append(line.decode())
-                if match := re.search(pattern, self.seen[-1]):
-                    return match
-
-    async def rest(self, timeout: float = 10.0) -> str:
-        with anyio.fail_after(timeout):
-            try:
-                while True:
-                    self.buffer += await self.stream.receive()
-            except anyio.EndOfStream:
-                pass
-        return "\n".join(self.seen) + "\n" + self.buffer.decode()
-
-
 @asynccontextmanager
 async def flockws(*args: str) -> AsyncIterator[anyio.abc.Process]:
     assert FLOCKWS.exists(), f"no console script at {FLOCKWS}: pip install -e . installs it"
-    process = await anyio.open_process(
-        [str(FLOCKWS), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
-    )
-    try:
+    async with running([str(FLOCKWS), *args]) as process:
         yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            await process.wait()
-        await process.aclose()
-
-
-async def interrupt(process: anyio.abc.Process, timeout: float = 10.0) -> int:
-    """Ctrl-C: the README promises a clean exit 0."""
-    process.send_signal(signal.SIGINT)
-    with anyio.fail_after(timeout):
-        return await process.wait()
 
 
 async def http_get(port: int, path: str) -> tuple[str, bytes]:
@@ -133,10 +83,6 @@ async def http_get(port: int, path: str) -> tuple[str, bytes]:
                 pass
     head, _, body = data.partition(b"\r\n\r\n")
     return head.split(b"\r\n", 1)[0].decode(), body
-
-
-def ws(url: str):  # type: ignore[no-untyped-def]
-    return ws_connect(url, proxy=None, open_timeout=5, close_timeout=5)
 
 
 async def first_event(client: Any, timeout: float = 15.0) -> dict[str, Any]:
