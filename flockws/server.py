@@ -106,7 +106,6 @@ class Server:
         self.max_pending_per_address = max_pending_per_address
         self._pending: Counter[str] = Counter()  # unfinished handshakes per address
         self._per_address: dict[WebSocketServerComponent, Counter[str]] = {c: Counter() for c in self.websockets}
-        self.refused_pending = 0
         self.addresses: list[tuple[str, int]] = []
         self._stack: AsyncExitStack | None = None
         self._tasks: anyio.abc.TaskGroup | None = None  # per-request and on_message tasks
@@ -159,6 +158,11 @@ class Server:
             "refused_pending": self.refused_pending,
             "refused_before_routing": dict(self.refused),
         }
+
+    @property
+    def refused_pending(self) -> int:
+        """Connections refused for too many unfinished handshakes (one of the refusals before routing)."""
+        return self.refused["too many pending handshakes"]
 
     async def __aenter__(self) -> Server:
         try:
@@ -288,7 +292,6 @@ class Server:
             self.max_pending_per_address is not None and self._pending[host] >= self.max_pending_per_address
         ):
             # Refused before reading a byte, so half-sent requests cannot pile up to exhaust descriptors.
-            self.refused_pending += 1
             self.count_failure("too many pending handshakes")
             return False
         self._pending[host] += 1
