@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator, Mapping
 from time import perf_counter
 from typing import Any, Protocol
 
-from .frames import OP_PING, encode_frame, encode_message
-from .history import DEFAULT_HISTORY_MAX_BYTES, DEFAULT_HISTORY_MAX_EVENTS, History
+from .frames import OP_PING, encode_frame, encode_message, message_payload
+from .history import DEFAULT_HISTORY_MAX_BYTES, DEFAULT_HISTORY_MAX_EVENTS, Entry, History
 from .metrics import FANOUT_SECONDS_BOUNDS, Histogram
 from .protocol import CLOSE_INTERNAL, CLOSE_TRY_AGAIN_LATER
 
@@ -48,6 +48,14 @@ def as_mapping(message: Any) -> Any:
     if hasattr(message, "model_dump"):
         return message.model_dump(mode="json")
     return message
+
+
+class Publisher(Protocol):
+    """Where a manager's events go when a backplane sequences them (see :mod:`flockws.backplane`)."""
+
+    def publish(self, head: str) -> None:
+        """Take one event head (:meth:`WebSocketManager.event_head`) without waiting, or raise if it cannot."""
+        ...
 
 
 class Waker(Protocol):
@@ -134,6 +142,7 @@ class Client:
         "replay",
         "subscription",
         "writer",
+        "floor",
         "__weakref__",
     )
 
@@ -158,6 +167,8 @@ class Client:
         # The I/O layer's writer: asked to write before a full queue is judged slow, so a
         # publisher's burst is not mistaken for a client that does not read.
         self.writer: Writer | None = None
+        # Events up to this seq were already delivered elsewhere (a resume ahead of this backplane node).
+        self.floor = 0
 
     def __repr__(self) -> str:
         return f"<Client {self.remote} {self.path} queued={len(self.queue)}>"
@@ -251,6 +262,7 @@ class WebSocketManager:
         visible: Visible | None = None,
         send_hello: bool = True,
         shape: Shape | None = None,
+        unshape: Shape | None = None,
     ) -> None:
         self.queue_max_bytes = queue_max_bytes
         self.queue_max_messages = queue_max_messages
@@ -262,6 +274,12 @@ class WebSocketManager:
         # The wire format of this endpoint: what an event (with its seq) is sent as.  Hooks
         # (subscriptions, visible) and history keep seeing the flat event.
         self.shape = shape
+        # The inverse of ``shape``: the flat event back from the wire form, for the hooks of
+        # events a backplane delivers as bytes (None: the hooks see the wire form decoded).
+        self.unshape = unshape
+        # With a backplane, events are sequenced by it and come back through deliver().
+        self.backplane: Publisher | None = None
+        self._floored = 0  # clients with a floor (0 keeps the fast path)
         self._narrowed = 0  # clients with a narrowing subscription (0 keeps the fast path)
         # Resume: every event broadcast gets the next seq within this epoch.
         self.epoch = secrets.token_hex(8)
@@ -329,14 +347,39 @@ class WebSocketManager:
                 # Always said, even at seq 0 (from 1 to 0): what followed ``since``
                 # in the old epoch is lost, whether or not anything happened since.
                 owed.append(self._gap(1, self.seq, "epoch changed"))
+            elif since > self.seq and self.backplane is not None:
+                # Resumed from a node further along the shared stream than this one:
+                # what this node has yet to read up to ``since`` was already delivered.
+                client.floor = since
+                self._floored += 1
             else:
                 entries, missed = self.history.after(max(since, 0), self.seq)
                 if missed is not None:
                     owed.append(self._gap(*missed, "history exhausted"))
-                owed.extend(e.frame for e in entries if self._wants(client, e.event))
+                owed.extend(self._replay(client, entries))
         elif last:
-            owed.extend(e.frame for e in self.history.last(last) if self._wants(client, e.event))
+            owed.extend(self._replay(client, self.history.last(last)))
         self.add(client)
+
+    def _replay(self, client: Client, entries: list[Entry]) -> list[bytes]:
+        if self.visible is None and (client.subscription is None or not client.subscription.narrows):
+            return [e.frame for e in entries]
+        return [e.frame for e in entries if self._wants(client, self._event_of(e))]
+
+    def _event_of(self, entry: Entry) -> Mapping[str, Any]:
+        if entry.event is None:
+            entry.event = self._decode(entry.frame)
+        return entry.event
+
+    def _decode(self, frame: bytes) -> Mapping[str, Any]:
+        """The flat event of a delivered frame (once per node, and only when a hook reads it)."""
+        try:
+            event = json.loads(message_payload(frame))
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            return {}
+        return self.unshape(event) if self.unshape is not None else event
 
     def _hello(self) -> bytes:
         # The same bytes for every client that joins between two broadcasts (a
@@ -359,8 +402,12 @@ class WebSocketManager:
         self._narrowed += now - was
 
     def discard(self, client: Client) -> None:
-        if self._connections.pop(client, 0) is None and client.subscription is not None:
-            self.set_subscription(client, None)
+        if self._connections.pop(client, 0) is None:
+            if client.subscription is not None:
+                self.set_subscription(client, None)
+            if client.floor:
+                client.floor = 0
+                self._floored -= 1
 
     def drop(self, client: Client, code: int, reason: str) -> None:
         """Remove a client now and close it, discarding what it had queued."""
@@ -423,6 +470,10 @@ class WebSocketManager:
             message = as_mapping(message)
         if not isinstance(message, Mapping):
             raise TypeError(f"cannot broadcast {type(message).__name__}: expected str, bytes or a mapping")
+        if self.backplane is not None:
+            # Sequenced by the backplane; every node (this one too) delivers it when it comes back.
+            self.backplane.publish(self.event_head(message))
+            return 0
         if not self._connections and not self.history.max_events:
             # Nobody to send it to and nothing to keep: the seq still counts, nothing is encoded.
             if "type" not in message:
@@ -440,6 +491,69 @@ class WebSocketManager:
         self.history.append(self.seq, frame, event)
         return self.broadcast_frame(frame, event)
 
+    def event_head(self, message: Mapping[str, Any]) -> str:
+        """The event's JSON text in this endpoint's shape, up to its ``seq`` value: ``'{...,"seq":'``.
+
+        Encoded once, by the publishing node; whoever sequences it appends the
+        number and ``}``, so no node ever serialises the event again.
+        """
+        if "type" not in message:
+            raise ValueError("event mapping has no 'type' field")
+        event = {k: v for k, v in message.items() if k != "seq"}
+        event["seq"] = None
+        try:
+            text = json.dumps(self.shape(event) if self.shape is not None else event,
+                              separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"event is not JSON-serialisable: {exc}") from None
+        if not text.endswith(',"seq":null}'):
+            raise ValueError("the endpoint's shape must keep 'seq' as the last top-level field")
+        return text[: -len("null}")]
+
+    # ------------------------------------------------------------ backplane delivery
+
+    def deliver(self, epoch: str, seq: int, payload: bytes) -> int:
+        """Fan out one event the backplane sequenced (``payload``: its finished JSON text, UTF-8).
+
+        Called in stream order.  A new epoch, or a seq past the next one (the
+        shared history was trimmed before this node read it), is told to the
+        live clients first; an event this node already has is ignored.
+        """
+        if epoch != self.epoch:
+            self.restart_epoch(epoch, 0)
+        elif seq <= self.seq:
+            return 0
+        if seq != self.seq + 1:
+            self.tell_all(self._gap(self.seq + 1, seq - 1, "history exhausted"))
+            self.history.clear()  # its seqs stay consecutive: resume before ``seq`` is a gap
+        frame = encode_message(payload, self.fragment_size, text=True)
+        self.seq = seq
+        hooked = self._narrowed or self.visible is not None
+        event = self._decode(frame) if hooked else None
+        if self.history.max_events:
+            self.history.append(seq, frame, event)
+        return self.broadcast_frame(frame, event, seq)
+
+    def restart_epoch(self, epoch: str, seq: int) -> None:
+        """Take the backplane's stream position; live clients of another epoch hear of the change.
+
+        They get the ``hello`` of the new epoch and a ``gap`` from 1 to ``seq``,
+        as a client resuming with an old epoch would: what followed their last
+        event in the old epoch cannot be replayed.
+        """
+        changed = epoch != self.epoch
+        self.epoch = epoch
+        self.seq = seq
+        self.history.clear()
+        if changed and self._connections:
+            self.tell_all(self._hello())
+            self.tell_all(self._gap(1, seq, "epoch changed"))
+
+    def tell_all(self, frame: bytes) -> None:
+        """Queue a protocol message (hello, gap) for every client: no seq, no history, no hooks."""
+        for client in list(self._connections):
+            client.push(frame)
+
     def _wants(self, client: Client, event: Mapping[str, Any]) -> bool:
         subscription = client.subscription
         if subscription is not None and not subscription.matches(event):
@@ -452,7 +566,7 @@ class WebSocketManager:
             log.exception("visible() hook failed; event withheld from %s", client.remote)
             return False
 
-    def broadcast_frame(self, frame: bytes, event: Mapping[str, Any] | None = None) -> int:
+    def broadcast_frame(self, frame: bytes, event: Mapping[str, Any] | None = None, seq: int = 0) -> int:
         """Queue already-encoded wire bytes for every client that wants ``event`` (the hot path).
 
         Subscriptions and the ``visible`` hook are consulted only when some
@@ -464,6 +578,8 @@ class WebSocketManager:
         clients: Any = self._connections
         if event is not None and (self._narrowed or self.visible is not None):
             clients = [c for c in clients if self._wants(c, event)]
+        if self._floored and seq:
+            clients = self._past_floor(clients, seq)
         size = len(frame)
         max_bytes = self.queue_max_bytes
         max_messages = self.queue_max_messages
@@ -488,6 +604,17 @@ class WebSocketManager:
             delivered -= len(slow)
         self.fanout_seconds.observe(perf_counter() - started)
         return delivered
+
+    def _past_floor(self, clients: Any, seq: int) -> list[Client]:
+        wanted = []
+        for client in clients:
+            if client.floor:
+                if seq <= client.floor:
+                    continue
+                client.floor = 0
+                self._floored -= 1
+            wanted.append(client)
+        return wanted
 
     def broadcast_threadsafe(self, message: str | bytes | Mapping[str, Any]) -> int:
         """Broadcast from a thread that is not the server's event loop thread.

@@ -28,6 +28,8 @@ from .protocol import Request
 log = logging.getLogger("flockws")
 
 if TYPE_CHECKING:
+    from .backplane import RedisBackplane
+
     MessageHandler = Callable[[Client, str | bytes], Awaitable[None]]
 
 
@@ -54,6 +56,9 @@ class ServerComponent:
 
     def decorate(self, request: Request, response: Response) -> None:
         """Adjust any HTTP response the server is about to send."""
+
+    async def start(self) -> None:
+        """Get ready before the server accepts its first connection (raise to refuse to start)."""
 
     async def run(self) -> None:
         """Background work for as long as the server runs (the server owns the task)."""
@@ -83,8 +88,16 @@ class WebSocketServerComponent(ServerComponent):
         authenticate: Authenticate | None = None,
         visible: Visible | None = None,
         shape: Shape | None = None,
+        unshape: Shape | None = None,
+        backplane: RedisBackplane | None = None,
     ) -> None:
-        """``shape`` is this endpoint's wire format (what an event is sent as); the default is the flat event."""
+        """``shape`` is this endpoint's wire format (what an event is sent as); the default is the flat event.
+
+        ``unshape`` turns the wire form back into the flat event, for the hooks
+        on a backplane (which delivers bytes).  ``backplane`` makes this endpoint
+        one node of a stream shared by every process on the same Redis (see
+        :class:`~flockws.backplane.RedisBackplane`).
+        """
         self.config = config if config is not None else WebSocketComponentConfig()
         self.name = name
         self.priority = priority
@@ -99,7 +112,11 @@ class WebSocketServerComponent(ServerComponent):
             visible=visible,
             send_hello=self.config.send_hello,
             shape=shape,
+            unshape=unshape,
         )
+        self.backplane = backplane
+        if backplane is not None:
+            backplane.bind(self.manager, self.config.endpoint)
         # Opt-in merging of streaming_output bursts (stream_coalesce_ms > 0); see publish().
         self.coalescer: StreamCoalescer | None = None
         if self.config.stream_coalesce_ms > 0:
@@ -179,8 +196,14 @@ class WebSocketServerComponent(ServerComponent):
     def serves_websocket(self, path: str) -> bool:
         return path == self.config.endpoint
 
+    async def start(self) -> None:
+        if self.backplane is not None:
+            await self.backplane.start()
+
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
+            if self.backplane is not None:
+                tg.start_soon(self.backplane.run)
             if self.config.enable_heartbeat:
                 tg.start_soon(self._heartbeat)
             if self.coalescer is not None:

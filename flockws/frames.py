@@ -34,17 +34,21 @@ def encode_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     return _pack_long(first, 127, length) + payload
 
 
-def encode_message(data: str | bytes | bytearray | memoryview, fragment_size: int) -> bytes:
+def encode_message(data: str | bytes | bytearray | memoryview, fragment_size: int, *, text: bool | None = None) -> bytes:
     """Encode a whole message, fragmented into ``fragment_size`` payload chunks.
 
     The frames of a fragmented message are returned as one ``bytes`` object so
     that a queue holds a message as a single item: it can then never be
-    interleaved with another message on the same connection.
+    interleaved with another message on the same connection.  ``str`` is sent
+    as text and bytes as binary, unless ``text`` says otherwise (a backplane
+    reads JSON text as UTF-8 bytes and sends it on as text, never decoding it).
     """
     if isinstance(data, str):
-        opcode, payload = OP_TEXT, data.encode()
+        payload = data.encode()
+        opcode = OP_BINARY if text is False else OP_TEXT
     else:
-        opcode, payload = OP_BINARY, bytes(data)
+        payload = bytes(data)
+        opcode = OP_TEXT if text else OP_BINARY
     if len(payload) <= fragment_size:
         return encode_frame(opcode, payload)
     parts = []
@@ -53,6 +57,28 @@ def encode_message(data: str | bytes | bytearray | memoryview, fragment_size: in
         last = start + fragment_size >= len(payload)
         parts.append(encode_frame(opcode if start == 0 else OP_CONTINUATION, chunk, last))
     return b"".join(parts)
+
+
+def message_payload(wire: bytes) -> bytes:
+    """The payload of one whole unmasked message as :func:`encode_message` built it (its frames joined).
+
+    The inverse of :func:`encode_message`, for what only holds the wire bytes
+    (a backplane node's history decodes an event lazily, when a hook asks).
+    """
+    parts = []
+    offset = 0
+    while offset < len(wire):
+        length = wire[offset + 1] & 0x7F
+        offset += 2
+        if length == 126:
+            (length,) = struct.unpack_from("!H", wire, offset)
+            offset += 2
+        elif length == 127:
+            (length,) = struct.unpack_from("!Q", wire, offset)
+            offset += 8
+        parts.append(wire[offset : offset + length])
+        offset += length
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def encode_close(code: int, reason: str = "") -> bytes:

@@ -17,11 +17,17 @@ DEFAULT_HISTORY_MAX_EVENTS = 10_000
 DEFAULT_HISTORY_MAX_BYTES = 16 << 20
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entry:
+    """One sequenced event: its wire bytes, and its flat mapping for the hooks.
+
+    ``event`` is None for an event a backplane delivered as bytes: it is
+    decoded from ``frame`` the first time a hook needs it, then kept.
+    """
+
     seq: int
     frame: bytes
-    event: Mapping[str, Any]
+    event: Mapping[str, Any] | None
 
 
 class History:
@@ -47,7 +53,7 @@ class History:
         self._bytes = 0
 
     # builtins.bytes: in this class body ``bytes`` is the property above.
-    def append(self, seq: int, frame: builtins.bytes, event: Mapping[str, Any]) -> None:
+    def append(self, seq: int, frame: builtins.bytes, event: Mapping[str, Any] | None) -> None:
         entries = self._entries
         entries.append(Entry(seq, frame, event))
         self._bytes += len(frame)

@@ -185,13 +185,15 @@ class Server:
                         raise _StartupFailed(failure)
                 self._tasks = await stack.enter_async_context(anyio.create_task_group())
                 background = await stack.enter_async_context(anyio.create_task_group())
+                for endpoint in self.websockets:
+                    endpoint.manager.start(token)
+                for component in self.components:
+                    await component.start()  # before listening: no client sees a stream not yet joined
                 stack.callback(self._close_listeners)
                 for sock in sockets:
                     self._listeners.append(await listen(loop, lambda: Connection(self), sock))
                 self.addresses = [tuple(sock.getsockname()[:2]) for sock in sockets]
                 self.loopback_only = all(is_loopback_name(str(h)) for h, _ in self.addresses)
-                for endpoint in self.websockets:
-                    endpoint.manager.start(token)
                 for component in self.components:
                     background.start_soon(component.run)
                 self._background = background
