@@ -308,8 +308,12 @@ class RedisBackplane:
                 tg.start_soon(self._read)
                 tg.start_soon(self._publish_batches)
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._close()
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Close the Redis client (idempotent; what is still buffered is not sent)."""
+        with anyio.CancelScope(shield=True):
+            await self._close()
 
     async def _close(self) -> None:
         redis, self._redis = self._redis, None

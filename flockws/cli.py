@@ -36,6 +36,7 @@ import anyio.lowlevel
 from anyio.abc import ObjectSendStream
 
 from .components import EchoComponent, ServerComponent, WebSocketServerComponent
+from .backplane import BackplaneUnavailable
 from .config import ConfigError, WebSocketComponentConfig
 from .server import Server
 
@@ -60,6 +61,9 @@ def _run(main: Callable[..., Awaitable[int | None]], *args: Any) -> int:
         return 0
     except OSError as exc:  # typically: the port is taken
         _err(f"error: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""))
+        return 1
+    except BackplaneUnavailable as exc:  # --redis: Redis unreachable at start
+        _err(f"error: {exc}")
         return 1
 
 
@@ -93,7 +97,7 @@ async def _echo(args: argparse.Namespace) -> None:
 async def _demo(args: argparse.Namespace, component: WebSocketServerComponent) -> int:
     from .demo import run_demo
 
-    async with Server([component], host=args.host, port=args.port, dashboard=True) as server:
+    async with Server([component], host=args.host, port=args.port, dashboard=True, reuse_port=args.reuse_port) as server:
         print(
             f"flockws demo: open {server.url('/', scheme='http')} in a browser "
             f"(events on {server.url(component.endpoint)}; Ctrl-C to stop)",
@@ -229,13 +233,13 @@ async def _pump_stdin(component: WebSocketServerComponent, limit: int) -> None:
                 event = parse_event_line(line)
                 if event is not None:
                     component.publish(event)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, BackplaneUnavailable) as exc:
                 _err(f"serve: stdin line {number}: {exc}; skipped")
 
 
 async def _serve_stdin(args: argparse.Namespace, components: list[ServerComponent]) -> int:
     socket = next(c for c in components if isinstance(c, WebSocketServerComponent))
-    async with Server(components, host=args.host, port=args.port) as server:
+    async with Server(components, host=args.host, port=args.port, reuse_port=args.reuse_port) as server:
         _err(
             f"serve: listening on {server.url(socket.endpoint)} "
             "(events: one JSON object per line on stdin; Ctrl-C to stop)"
@@ -255,7 +259,7 @@ def _serve_components(args: argparse.Namespace) -> list[ServerComponent]:
         heartbeat_interval=heartbeat if heartbeat is not None else 120,
         stream_coalesce_ms=args.stream_coalesce_ms,
     )
-    components: list[ServerComponent] = [WebSocketServerComponent(config)]
+    components: list[ServerComponent] = [WebSocketServerComponent(config, backplane=_backplane(args))]
     if args.static is not None:
         from .static import StaticFilesServerComponent
 
@@ -265,6 +269,42 @@ def _serve_components(args: argparse.Namespace) -> list[ServerComponent]:
 
         components.append(CORSComponent(CORSComponentConfig(allow_origins=list(args.allow_origin))))
     return components
+
+
+def _backplane(args: argparse.Namespace) -> Any:
+    if args.redis is None:
+        if getattr(args, "stream", None) is not None:
+            raise ConfigError("--stream names a Redis stream: it needs --redis URL")
+        return None
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise ConfigError("--redis needs redis-py: pip install 'flockws[redis]'") from None
+    from .backplane import RedisBackplane
+
+    return RedisBackplane(args.redis, stream=getattr(args, "stream", None))
+
+
+def _serve_workers(args: argparse.Namespace) -> int:
+    """``--workers N``: a supervisor of N ``serve`` processes sharing the port (see flockws.workers)."""
+    from .workers import Supervisor, reserve_port
+
+    reserved = reserve_port(args.host, args.port)  # --port 0: one free number for every worker
+    port = reserved.getsockname()[1]
+    argv = ["serve", "--host", args.host, "--port", str(port), "--reuse-port", "--prefix", args.prefix,
+            "--redis", args.redis, "--stream-coalesce-ms", str(args.stream_coalesce_ms)]
+    for flag, value in (("--heartbeat", args.heartbeat), ("--static", args.static), ("--stream", args.stream)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for origin in args.allow_origin or ():
+        argv += ["--allow-origin", origin]
+    if args.verbose:
+        argv.insert(0, "--verbose")
+    _err(f"serve: {args.workers} workers on port {port} (SO_REUSEPORT), one stream on {args.redis}")
+    try:
+        return anyio.run(Supervisor(argv, args.workers).run)
+    finally:
+        reserved.close()
 
 
 # ---------------------------------------------------------------- tail
@@ -485,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=_positive(float), default=1.0, help="pace multiplier (default 1)")
     demo.add_argument("--loops", type=int, default=None, help="stop after N workflows (default: forever)")
     demo.add_argument("--stream-coalesce-ms", type=float, default=0.0, help="merge streaming_output bursts (default 0 = off)")
+    demo.add_argument("--redis", metavar="URL", help="join the stream shared on this Redis (see serve --redis)")
+    demo.add_argument("--reuse-port", action="store_true", help="SO_REUSEPORT: share the port with other processes")
 
     srv = sub.add_parser(
         "serve",
@@ -503,6 +545,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="allowed browser origin (repeatable; also checked on the WebSocket handshake)",
     )
     srv.add_argument("--stream-coalesce-ms", type=float, default=0.0, help="merge streaming_output bursts (default 0 = off)")
+    srv.add_argument(
+        "--redis", metavar="URL",
+        help="be a node of the event stream shared on this Redis (redis://host:6379/0): every process started "
+        "with the same URL and stream serves the same events, with the same seq, in one order",
+    )
+    srv.add_argument("--stream", metavar="NAME", help="the Redis stream's name (default: flockws:{endpoint})")
+    srv.add_argument(
+        "--workers", type=_positive(int), default=1, metavar="N",
+        help="N processes on one port (SO_REUSEPORT), each a node of the --redis stream (default 1)",
+    )
+    srv.add_argument("--reuse-port", action="store_true", help="SO_REUSEPORT: share the port with other processes")
 
     tail = sub.add_parser(
         "tail",
@@ -527,12 +580,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
         if args.command == "serve":
-            components = _serve_components(args)
+            components = _serve_components(args)  # checks the options, also for --workers
+            if args.workers > 1:
+                if args.redis is None:
+                    raise ConfigError("--workers needs --redis URL: each worker is a node of the shared stream")
+                return _serve_workers(args)
             return _run(_serve_stdin, args, components)
         if args.command == "demo":
             if args.loops is not None and args.loops < 0:
                 raise ConfigError(f"--loops must be >= 0, got {args.loops}")
-            component = WebSocketServerComponent(WebSocketComponentConfig(stream_coalesce_ms=args.stream_coalesce_ms))
+            component = WebSocketServerComponent(
+                WebSocketComponentConfig(stream_coalesce_ms=args.stream_coalesce_ms), backplane=_backplane(args)
+            )
             return _run(_demo, args, component)
         if args.command == "tail":
             from .client import WebSocketError, parse_url

@@ -60,6 +60,9 @@ class ServerComponent:
     async def start(self) -> None:
         """Get ready before the server accepts its first connection (raise to refuse to start)."""
 
+    async def stop(self) -> None:
+        """Release what :meth:`start` took (the server calls it when it stops, or fails to start)."""
+
     async def run(self) -> None:
         """Background work for as long as the server runs (the server owns the task)."""
 
@@ -199,6 +202,10 @@ class WebSocketServerComponent(ServerComponent):
     async def start(self) -> None:
         if self.backplane is not None:
             await self.backplane.start()
+
+    async def stop(self) -> None:
+        if self.backplane is not None:
+            await self.backplane.stop()
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:

@@ -77,6 +77,7 @@ class Server:
         frame_budget: int = 256,
         request_budget: int = 16,
         linger_timeout: float = 2.0,
+        reuse_port: bool = False,
     ) -> None:
         components = list(components or [])
         if dashboard:
@@ -123,6 +124,9 @@ class Server:
         # Seconds of silence before the kernel probes a connection (then reaps it if the peer vanished):
         # with the heartbeat off (the default), nothing else would notice a client that disappeared.
         self.tcp_keepalive = tcp_keepalive
+        # SO_REUSEPORT: several processes (``flockws serve --workers N``) listen on one port and
+        # the kernel spreads new connections across them.
+        self.reuse_port = reuse_port
         # Per connection per turn of the loop: one peer's flood of tiny frames or pipelined requests waits
         # for everyone else's turn (see flockws.connection).
         if frame_budget < 1 or request_budget < 1:
@@ -172,9 +176,16 @@ class Server:
         self.flusher = Flusher(loop)
         self.stopping = False  # a Server may be entered again after leaving
         token = anyio.lowlevel.current_token()
-        sockets = _bind(self.host, self.requested_port, self.tcp_keepalive)  # before any task group: a taken port raises plainly
+        sockets = _bind(self.host, self.requested_port, self.tcp_keepalive, self.reuse_port)  # before any task group: a taken port raises plainly
         try:
             async with AsyncExitStack() as stack:
+                for endpoint in self.websockets:
+                    endpoint.manager.start(token)
+                for component in self.components:
+                    # Before listening: no client sees a stream not yet joined.  Outside the task
+                    # groups: a component that cannot start raises its own error, not a group.
+                    stack.push_async_callback(component.stop)
+                    await component.start()
                 if self.lifespan is not None and self.lifespan.mode != "off":
                     # Its own task group, left last: the application shuts down after every connection.
                     lifespan_group = await stack.enter_async_context(anyio.create_task_group())
@@ -185,10 +196,6 @@ class Server:
                         raise _StartupFailed(failure)
                 self._tasks = await stack.enter_async_context(anyio.create_task_group())
                 background = await stack.enter_async_context(anyio.create_task_group())
-                for endpoint in self.websockets:
-                    endpoint.manager.start(token)
-                for component in self.components:
-                    await component.start()  # before listening: no client sees a stream not yet joined
                 stack.callback(self._close_listeners)
                 for sock in sockets:
                     self._listeners.append(await listen(loop, lambda: Connection(self), sock))
@@ -503,7 +510,9 @@ def _startup_failure(exc: BaseException) -> str | None:
     return None
 
 
-def _bind(host: str | Sequence[str] | None, port: int, keepalive: float | None = None) -> list[socket.socket]:
+def _bind(
+    host: str | Sequence[str] | None, port: int, keepalive: float | None = None, reuse_port: bool = False
+) -> list[socket.socket]:
     """Bound (not yet listening) sockets for every address of ``host``; None means all interfaces.
 
     With ``port=0`` every address gets the port the first one was given, so
@@ -523,6 +532,8 @@ def _bind(host: str | Sequence[str] | None, port: int, keepalive: float | None =
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if keepalive:  # accepted sockets inherit it (no syscalls per connection)
                 set_keepalive(sock, keepalive)
             if family == socket.AF_INET6:
