@@ -35,8 +35,8 @@ import anyio.from_thread
 import anyio.lowlevel
 from anyio.abc import ObjectSendStream
 
-from .components import EchoComponent, ServerComponent, WebSocketServerComponent
 from .backplane import BackplaneUnavailable
+from .components import EchoComponent, ServerComponent, WebSocketServerComponent
 from .config import ConfigError, WebSocketComponentConfig
 from .server import Server
 
