@@ -27,12 +27,13 @@ from flock.components.server.base import ServerComponent
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from ..auth import Authenticate
+from ..backplane import BackplaneUnavailable, RedisBackplane
 from ..broadcast import Client, Visible, WebSocketManager
 from ..components import WebSocketServerComponent
 from ..config import WebSocketComponentConfig
 from ..server import Server
 from .hook import install
-from .wire import PONG, dashboard_envelope, flat_event, is_ping
+from .wire import PONG, dashboard_envelope, flat_event, flat_from_envelope, is_ping
 
 log = logging.getLogger("flockws.flock")
 
@@ -63,6 +64,12 @@ class FlockwsComponent(ServerComponent):  # type: ignore[misc]  # flock-core shi
         "so by default /ws keeps none and an idle /ws encodes nothing",
     )
 
+    redis: str | None = Field(
+        default=None,
+        description="Redis URL: every Flock process started with the same one feeds one stream per endpoint "
+        "(agents in several processes, one dashboard); needs the 'redis' extra",
+    )
+
     _endpoint: WebSocketServerComponent = PrivateAttr()
     _dashboard: WebSocketServerComponent | None = PrivateAttr(default=None)
     _server: Server | None = PrivateAttr(default=None)
@@ -74,15 +81,21 @@ class FlockwsComponent(ServerComponent):  # type: ignore[misc]  # flock-core shi
             raise TypeError(f"config must be a flockws WebSocketComponentConfig, not {type(self.config).__name__}")
         authenticate: Authenticate | None = self.authenticate
         visible: Visible | None = self.visible
-        self._endpoint = WebSocketServerComponent(self.config, authenticate=authenticate, visible=visible)
+        self._endpoint = WebSocketServerComponent(
+            self.config, authenticate=authenticate, visible=visible, backplane=self._backplane(),
+        )
         if self.serve_dashboard_endpoint:
             dashboard_config = dataclasses.replace(self.config, prefix=DASHBOARD_PREFIX, history_max_events=self.dashboard_history)
             if dashboard_config.endpoint == self.config.endpoint:
                 raise ValueError("prefix '/' puts the documented endpoint on the dashboard's /ws; choose another prefix")
             self._dashboard = WebSocketServerComponent(
                 dashboard_config, name="flock-dashboard", authenticate=authenticate, visible=visible,
-                shape=dashboard_envelope, on_message=_answer_ping,
+                shape=dashboard_envelope, unshape=flat_from_envelope, on_message=_answer_ping,
+                backplane=self._backplane(),
             )
+
+    def _backplane(self) -> RedisBackplane | None:
+        return RedisBackplane(self.redis) if self.redis is not None else None
 
     # ------------------------------------------------------------ Flock's component lifecycle
 
@@ -151,7 +164,14 @@ class FlockwsComponent(ServerComponent):  # type: ignore[misc]  # flock-core shi
         """
         flat = flat_event(event)
         for component in self.components():
-            component.publish(flat)
+            try:
+                component.publish(flat)
+            except BackplaneUnavailable as exc:
+                # An agent's run must not fail because the dashboard's Redis is away: the event is
+                # refused (counted in the backplane's stats), logged on the first and every 1000th.
+                refused = component.backplane.refused if component.backplane is not None else 1
+                if refused % 1000 == 1:
+                    log.warning("flockws: %s (%d refused so far)", exc, refused)
 
     @property
     def managers(self) -> list[WebSocketManager]:

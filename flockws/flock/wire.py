@@ -52,6 +52,12 @@ def dashboard_envelope(event: Mapping[str, Any]) -> dict[str, Any]:
     return {"event_type": event["type"], "data": data, "seq": event.get("seq")}
 
 
+def flat_from_envelope(envelope: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat event back from :func:`dashboard_envelope`'s form (a backplane delivers ``/ws`` as bytes)."""
+    data = envelope.get("data")
+    return {"type": envelope.get("event_type"), **(data if isinstance(data, Mapping) else {}), "seq": envelope.get("seq")}
+
+
 PONG = {"type": "pong"}
 
 
