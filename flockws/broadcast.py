@@ -57,6 +57,8 @@ class Publisher(Protocol):
         """Take one event head (:meth:`WebSocketManager.event_head`) without waiting, or raise if it cannot."""
         ...
 
+    def stats(self) -> dict[str, Any]: ...
+
 
 class Waker(Protocol):
     def set(self) -> None: ...
@@ -656,6 +658,7 @@ class WebSocketManager:
             "dropped_slow": self.dropped_slow,
             "heartbeat_timeouts": self.heartbeat_timeouts,
             "queued_bytes": sum(c.queued_bytes for c in self._connections),
+            **({"backplane": self.backplane.stats()} if self.backplane is not None else {}),
         }
 
 

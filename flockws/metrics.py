@@ -83,6 +83,17 @@ def render(managers: Iterable[tuple[str, Any]], refused: Mapping[str, int] | Non
     per_endpoint("flockws_bytes_delivered_total", "counter", "Bytes written to clients.", "bytes_delivered")
     per_endpoint("flockws_dropped_slow_total", "counter", "Clients dropped as slow consumers (1013).", "dropped_slow")
     per_endpoint("flockws_heartbeat_timeouts_total", "counter", "Clients closed for a missed pong (1011).", "heartbeat_timeouts")
+    backplanes = [(ep, m.backplane.stats()) for ep, m in managers if m.backplane is not None]
+    for name, kind, help_text, key in (
+        ("flockws_backplane_connected", "gauge", "1 while the node reaches Redis.", "connected"),
+        ("flockws_backplane_published_total", "counter", "Events this node appended to the shared stream.", "published"),
+        ("flockws_backplane_refused_total", "counter", "Events refused: the publish buffer was full.", "refused"),
+        ("flockws_backplane_buffered_events", "gauge", "Events waiting for Redis.", "buffered"),
+        ("flockws_backplane_delivered_total", "counter", "Events read from the shared stream.", "delivered"),
+        ("flockws_backplane_redis_errors_total", "counter", "Failed Redis calls (each retried).", "redis_errors"),
+    ):
+        if backplanes:
+            family(name, kind, help_text, (f'{name}{{endpoint="{_escape(ep)}"}} {int(st[key])}' for ep, st in backplanes))
     depth_lines: list[str] = []
     fanout_lines: list[str] = []
     for ep, m in managers:

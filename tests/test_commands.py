@@ -9,6 +9,7 @@
 | ``python -m benchmarks.run --quick`` | :func:`test_benchmarks_run_quick` (``--smoke``: 20 clients, 20 messages) |
 | ``python -m benchmarks.soak`` | :func:`test_benchmarks_soak` (``--churns 300 --duration 1``) |
 | ``python -m benchmarks.connect`` | :func:`test_benchmarks_connect` (``--clients 20 --repeats 1``) |
+| ``python -m benchmarks.backplane --quick`` | :func:`test_benchmarks_backplane_quick` (``--clients 20 --events 20``) |
 
 The ``flockws`` verbs run through the installed console script (what the
 README tells a user to type), bind port 0 on 127.0.0.1 and are read for the
@@ -255,3 +256,30 @@ def test_benchmarks_connect(server: str) -> None:
     assert match, output
     assert 0 <= float(match.group(1)) < 30 and int(match.group(2)) > 0
     assert re.search(rf"^\| {re.escape(server)} \| 20 \| [0-9.]+ \(", output, re.M), output
+
+
+@pytest.mark.timeout(120)
+def test_benchmarks_backplane_quick(tmp_path: Path) -> None:
+    """``benchmarks.backplane --quick`` with 20 clients and 20 events: the three configurations, real processes."""
+    import shutil
+
+    if shutil.which("redis-server") is None and not os.path.exists("/usr/bin/redis-server"):
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    output = run_command(
+        ["-m", "benchmarks.backplane", "--quick", "--clients", "20", "--events", "20", "--results-dir", str(tmp_path)],
+        timeout=90,
+    )
+    records = json.loads((tmp_path / "backplane-quick.json").read_text())["records"]
+    assert [r for r in records if r["scenario"] == "error"] == []
+    seen = {(r["config"], r["scenario"]) for r in records}
+    assert seen == {(c, s) for c in ("1 node", "1 node + Redis", "2 nodes + Redis") for s in ("50/s", "burst")}, seen
+    for r in records:
+        what = f"{r['config']} {r['scenario']}: {r}"
+        assert r["connected"] == 20 and r["connect_failed"] == 0, what
+        assert r["expected"] == r["delivered"] == r["samples"] == 400 and r["lost"] == 0 and not r["timed_out"], what
+        assert r["order_errors"] == 0 and r["unexpected"] == 0, what
+        assert finite(r["server_us_per_msg"]) and r["server_us_per_msg"] > 0, what
+        assert finite(r["p99_ms"]) and 0 <= r["p50_ms"] <= r["p99_ms"] <= r["max_ms"] < 10_000, what
+        assert finite(r["redis_us_per_event"]) == r["redis"], what
+    assert "| 2 nodes + Redis |" in (tmp_path / "backplane-quick.md").read_text()
+    assert "| 1 node + Redis |" in output  # the table is printed too
