@@ -547,6 +547,10 @@ class WebSocketManager:
         self.epoch = epoch
         self.seq = seq
         self.history.clear()
+        if changed and self._floored:
+            for client in self._connections:  # a floor is a seq of the old epoch
+                client.floor = 0
+            self._floored = 0
         if changed and self._connections:
             self.tell_all(self._hello())
             self.tell_all(self._gap(1, seq, "epoch changed"))
