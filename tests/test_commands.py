@@ -278,7 +278,7 @@ def test_benchmarks_backplane_quick(tmp_path: Path) -> None:
         assert r["connected"] == 20 and r["connect_failed"] == 0, what
         assert r["expected"] == r["delivered"] == r["samples"] == 400 and r["lost"] == 0 and not r["timed_out"], what
         assert r["order_errors"] == 0 and r["unexpected"] == 0, what
-        assert finite(r["server_us_per_msg"]) and r["server_us_per_msg"] > 0, what
+        assert finite(r["server_us_per_msg"]) and r["server_us_per_msg"] >= 0, what  # /proc ticks are 10 ms: 0 at this size
         assert finite(r["p99_ms"]) and 0 <= r["p50_ms"] <= r["p99_ms"] <= r["max_ms"] < 10_000, what
         assert finite(r["redis_us_per_event"]) == r["redis"], what
     assert "| 2 nodes + Redis |" in (tmp_path / "backplane-quick.md").read_text()
