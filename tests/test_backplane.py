@@ -61,6 +61,15 @@ async def connect(port: int, target: str = ENDPOINT) -> WireClient:
     return wire
 
 
+async def node_seq(port: int) -> int:
+    """The seq a node is at (the hello it gives a new client)."""
+    wire = await connect(port)
+    try:
+        return int((await read_hello(wire))["seq"])
+    finally:
+        await wire.aclose()
+
+
 async def read_raw(wire: WireClient) -> bytes:
     opcode, payload = await wire.read_message()
     assert opcode == OP_TEXT, (opcode, payload[:80])
@@ -184,6 +193,10 @@ async def test_kill_9_a_node_its_client_resumes_on_another_and_loses_nothing() -
                 sent_at_kill = sent
                 killed.set()
                 await read_follower(moved)  # what reached it before the kill, then the end
+                # The helper expects a resume's hello to be at or past its seq (one node's
+                # view): move once the other node has read that far.
+                while (await node_seq(other_port)) < moved.last:
+                    await anyio.sleep(0.01)
                 moved.port = other_port
                 await moved.read_until(total)
 
@@ -223,12 +236,25 @@ async def test_redis_restart_keeping_data_loses_nothing_and_clients_stay() -> No
                 await follower.read_until(20)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(anyio.to_thread.run_sync, lambda: redis.restart(keep_data=True))
-                await wait_until(lambda: not comp_a.backplane.stats()["connected"], 10, "node A to see Redis down")
+                await wait_until(lambda: not comp_b.backplane.stats()["connected"], 10, "node B to see Redis down")
+                # Hold B's reader back until the events of the outage are in Redis: it must
+                # then read on from the last id it had, not from wherever the stream is now.
+                gate = anyio.Event()
+                reader = comp_b.backplane._redis
+                xread = reader.xread
+
+                async def gated(*args: Any, **kwargs: Any) -> Any:
+                    await gate.wait()
+                    return await xread(*args, **kwargs)
+
+                reader.xread = gated
                 for n in range(20):
                     (comp_a if n % 2 else comp_b).manager.broadcast({"type": "during", "n": n})
                 assert comp_a.backplane.stats()["buffered"] + comp_b.backplane.stats()["buffered"] > 0
             for n in range(10):
                 comp_a.manager.broadcast({"type": "after", "n": n})
+            await wait_until(lambda: len(stream_ids(redis.url, "flockws:" + ENDPOINT)) == 50, 10, "all 50 in Redis")
+            gate.set()
             for follower in followers:
                 await follower.read_until(50)
             await wait_until(lambda: comp_a.backplane.stats()["connected"] and comp_b.backplane.stats()["connected"])
@@ -309,6 +335,7 @@ async def test_slow_consumer_dropped_on_one_node_resumes_on_another() -> None:
             await read_follower(follower)
             assert follower.closes == [1013]
             assert follower.last < total
+            await wait_until(lambda: comp_b.manager.seq == total, 10, "node B to read everything")
             follower.port = b.port
             await follower.read_until(total)
             await follower.close()
@@ -713,3 +740,33 @@ async def test_visible_hook_and_subscriptions_filter_backplane_events() -> None:
                 assert (await read_event(wire))["n"] == 6
             for wire in (everything, ticks, on_b, replayed):
                 await wire.aclose()
+
+
+async def test_a_batch_whose_reply_was_lost_is_sent_again_without_duplicates() -> None:
+    with redis_server() as redis, anyio.fail_after(20):
+        comp = node(redis.url)
+        async with serving(comp) as server:
+            wire = await connect(server.port)
+            await read_hello(wire)
+            backplane = comp.backplane
+            append = backplane._append
+            lost = 0
+
+            async def reply_lost(*args: Any, **kwargs: Any) -> Any:
+                nonlocal lost
+                result = await append(*args, **kwargs)  # Redis appended the batch...
+                if lost < 3:
+                    lost += 1
+                    raise ConnectionError("reply lost")  # ...but the node never heard so
+                return result
+
+            backplane._append = reply_lost
+            for n in range(1, 6):
+                comp.manager.broadcast({"type": "tick", "n": n})
+            assert [await read_event(wire) for _ in range(5)] == [{"type": "tick", "n": n, "seq": n} for n in range(1, 6)]
+            await wait_until(lambda: backplane.stats()["buffered"] == 0)
+            comp.manager.broadcast({"type": "tick", "n": 6})
+            assert await read_event(wire) == {"type": "tick", "n": 6, "seq": 6}
+            assert lost == 3 and backplane.stats()["redis_errors"] >= 3
+            assert stream_ids(redis.url, "flockws:" + ENDPOINT) == list(range(1, 7))
+            await wire.aclose()
