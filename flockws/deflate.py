@@ -415,7 +415,10 @@ class Inflater:
 
     The window is ``max(client_max_window_bits, 9)``: a larger window inflates
     whatever a smaller one produced, and a client that agreed to 8 bits but
-    compresses with zlib really uses 9 (zlib has no 8-bit raw deflate).
+    compresses with zlib really uses 9 (zlib has no 8-bit raw deflate).  zlib
+    1.2.13's inflate turns 8 into 9 by itself (measured); the max() says so
+    explicitly instead of relying on it.  The window is what an inflater
+    holds between calls, so a smaller agreed window is also less memory.
     """
 
     __slots__ = ("window_bits", "no_context_takeover", "max_size", "_zlib", "_size")
@@ -537,9 +540,9 @@ class InboundDeflate(Extension):
             return CloseReason(exc.code)
 
     def frame_inbound_complete(self, proto: FrameDecoder | FrameProtocol, fin: bool) -> bytes | CloseReason | None:
+        # The flag stays set after the message: the next data frame's header sets it anew.
         if self._control or not self._compressed or not fin:
             return None
-        self._compressed = False
         assert self.inflater is not None
         try:
             return self.inflater.finish()

@@ -359,7 +359,21 @@ def test_inflater_window_8_reads_what_zlib_writes_for_9() -> None:
     block = os.urandom(300)  # repeats at distance 300: beyond a 256-byte window, within 512
     body = client_compress(block * 3, bits=9)
     inflater = Inflater(window_bits=8)
-    assert inflater.feed(body) + inflater.finish() == block * 3
+    assert inflater.window_bits == 9
+    assert b"".join(inflater.feed(body[i : i + 7]) for i in range(0, len(body), 7)) + inflater.finish() == block * 3
+
+
+def test_inflater_uses_the_agreed_window() -> None:
+    # Back-references 1500 bytes back, fed in pieces so that they reach into the window kept between calls.
+    block = os.urandom(1500)  # an 11-bit compressor reaches 2048 - 262 bytes back
+    body = client_compress(block * 3, bits=11)
+    assert len(body) < 2000
+    with pytest.raises(InvalidCompressedData):
+        small = Inflater(window_bits=10)
+        for i in range(0, len(body), 7):
+            small.feed(body[i : i + 7])
+    enough = Inflater(window_bits=11)
+    assert b"".join(enough.feed(body[i : i + 7]) for i in range(0, len(body), 7)) + enough.finish() == block * 3
 
 
 @pytest.mark.parametrize("size", [0, 1, 1000, 100_000])
@@ -377,6 +391,38 @@ def test_inflater_limit_is_exact(size: int) -> None:
         zero = Inflater(max_size=0)
         zero.feed(client_compress(b"z"))
         zero.finish()
+
+
+def test_inflater_zero_budget_left_is_still_a_limit() -> None:
+    # The first fragment uses the whole budget; zlib's max_length=0 would then mean "unlimited".
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -15)
+    first = compressor.compress(b"a" * 1000) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    bomb = compressor.compress(b"\0" * (64 << 20)) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    inflater = Inflater(max_size=1000)
+    assert inflater.feed(first) == b"a" * 1000
+    tracemalloc.start()
+    try:
+        with pytest.raises(MessageTooBig):
+            inflater.feed(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=3000) | st.integers(0, 200_000).map(lambda n: b"ab" * (n // 2)), st.integers(1, 5000), st.integers(9, 15))
+def test_inflater_exact_limit_property(payload: bytes, piece: int, bits: int) -> None:
+    body = client_compress(payload, bits=bits)
+    pieces = [body[i : i + piece] for i in range(0, len(body), piece)]
+    exact = Inflater(bits, max_size=len(payload))
+    assert b"".join(exact.feed(p) for p in pieces) + exact.finish() == payload
+    if payload:
+        short = Inflater(bits, max_size=len(payload) - 1)
+        with pytest.raises(MessageTooBig):
+            for p in pieces:
+                short.feed(p)
+            short.finish()
 
 
 def test_inflater_limit_is_per_message_across_fragments() -> None:
