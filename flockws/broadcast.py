@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from time import perf_counter
 from typing import Any, Protocol
 
+from .deflate import MessageDeflater, ServerKey
 from .frames import OP_PING, encode_frame, encode_message, message_payload
 from .history import DEFAULT_HISTORY_MAX_BYTES, DEFAULT_HISTORY_MAX_EVENTS, Entry, History
 from .metrics import FANOUT_SECONDS_BOUNDS, Histogram
@@ -145,6 +146,7 @@ class Client:
         "subscription",
         "writer",
         "floor",
+        "deflate_key",
         "__weakref__",
     )
 
@@ -171,6 +173,8 @@ class Client:
         self.writer: Writer | None = None
         # Events up to this seq were already delivered elsewhere (a resume ahead of this backplane node).
         self.floor = 0
+        # The permessage-deflate parameter set this client agreed (None: plain frames only).
+        self.deflate_key: ServerKey | None = None
 
     def __repr__(self) -> str:
         return f"<Client {self.remote} {self.path} queued={len(self.queue)}>"
@@ -265,6 +269,7 @@ class WebSocketManager:
         send_hello: bool = True,
         shape: Shape | None = None,
         unshape: Shape | None = None,
+        deflater: MessageDeflater | None = None,
     ) -> None:
         self.queue_max_bytes = queue_max_bytes
         self.queue_max_messages = queue_max_messages
@@ -282,6 +287,9 @@ class WebSocketManager:
         # With a backplane, events are sequenced by it and come back through deliver().
         self.backplane: Publisher | None = None
         self._floored = 0  # clients with a floor (0 keeps the fast path)
+        # permessage-deflate: a message is compressed once per parameter set some client has now.
+        self.deflater = deflater
+        self._keys: Counter[ServerKey] = Counter()
         self._narrowed = 0  # clients with a narrowing subscription (0 keeps the fast path)
         # Resume: every event broadcast gets the next seq within this epoch.
         self.epoch = secrets.token_hex(8)
@@ -320,6 +328,8 @@ class WebSocketManager:
     def add(self, client: Client) -> None:
         self._connections[client] = None
         self.accepted += 1
+        if client.deflate_key is not None:
+            self._keys[client.deflate_key] += 1
 
     def attach(
         self,
@@ -364,9 +374,14 @@ class WebSocketManager:
         self.add(client)
 
     def _replay(self, client: Client, entries: list[Entry]) -> list[bytes]:
-        if self.visible is None and (client.subscription is None or not client.subscription.narrows):
+        key = client.deflate_key
+        if self.visible is not None or (client.subscription is not None and client.subscription.narrows):
+            entries = [e for e in entries if self._wants(client, self._event_of(e))]
+        if key is None:
             return [e.frame for e in entries]
-        return [e.frame for e in entries if self._wants(client, self._event_of(e))]
+        # The compressed frame where the entry has one for this client's parameters; the plain one
+        # otherwise (always valid: RSV1 clear).
+        return [e.variants.get(key, e.frame) if e.variants else e.frame for e in entries]
 
     def _event_of(self, entry: Entry) -> Mapping[str, Any]:
         if entry.event is None:
@@ -405,6 +420,11 @@ class WebSocketManager:
 
     def discard(self, client: Client) -> None:
         if self._connections.pop(client, 0) is None:
+            key = client.deflate_key
+            if key is not None:
+                self._keys[key] -= 1
+                if not self._keys[key]:
+                    del self._keys[key]
             if client.subscription is not None:
                 self.set_subscription(client, None)
             if client.floor:
@@ -451,11 +471,20 @@ class WebSocketManager:
         return encode_message(message, self.fragment_size)
 
     def _json_frame(self, message: Mapping[str, Any]) -> bytes:
-        try:
-            text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"event is not JSON-serialisable: {exc}") from None
-        return encode_message(text, self.fragment_size)
+        return encode_message(_json_text(message), self.fragment_size)
+
+    def _variants(self, payload: bytes, text: bool) -> dict[ServerKey, bytes] | None:
+        """The message compressed once per parameter set a client has now (None: nobody gains from it)."""
+        deflater = self.deflater
+        if deflater is None or not self._keys or not deflater.wants(len(payload)):
+            return None
+        variants = {}
+        for key in self._keys:
+            data = deflater.encode(payload, text, key, self.fragment_size)
+            if data is None:  # it does not shrink: the same for every window
+                return None
+            variants[key] = data
+        return variants
 
     def broadcast(self, message: str | bytes | Mapping[str, Any] | Any) -> int:
         """Queue ``message`` for every open client; return how many got it.
@@ -467,7 +496,10 @@ class WebSocketManager:
         without a seq and without history.
         """
         if isinstance(message, str | bytes | bytearray | memoryview):
-            return self.broadcast_frame(self.encode(message))
+            text = isinstance(message, str)
+            payload = message.encode() if isinstance(message, str) else bytes(message)
+            frame = encode_message(payload, self.fragment_size, text=text)
+            return self.broadcast_frame(frame, variants=self._variants(payload, text))
         if not isinstance(message, Mapping):
             message = as_mapping(message)
         if not isinstance(message, Mapping):
@@ -483,15 +515,14 @@ class WebSocketManager:
             self.seq += 1
             return 0
         event = {**message, "seq": self.seq + 1}
-        if self.shape is None:
-            frame = self.encode(event)  # raises before the seq is spent
-        elif "type" not in event:
+        if "type" not in event:
             raise ValueError("event mapping has no 'type' field")
-        else:
-            frame = self._json_frame(self.shape(event))
+        payload = _json_text(self.shape(event) if self.shape is not None else event).encode()  # raises before the seq is spent
+        frame = encode_message(payload, self.fragment_size, text=True)
+        variants = self._variants(payload, True)
         self.seq += 1
-        self.history.append(self.seq, frame, event)
-        return self.broadcast_frame(frame, event)
+        self.history.append(self.seq, frame, event, variants)
+        return self.broadcast_frame(frame, event, variants=variants)
 
     def event_head(self, message: Mapping[str, Any]) -> str:
         """The event's JSON text in this endpoint's shape, up to its ``seq`` value: ``'{...,"seq":'``.
@@ -529,12 +560,13 @@ class WebSocketManager:
             self.tell_all(self._gap(self.seq + 1, seq - 1, "history exhausted"))
             self.history.clear()  # its seqs stay consecutive: resume before ``seq`` is a gap
         frame = encode_message(payload, self.fragment_size, text=True)
+        variants = self._variants(payload, True)
         self.seq = seq
         hooked = self._narrowed or self.visible is not None
         event = self._decode(frame) if hooked else None
         if self.history.max_events:
-            self.history.append(seq, frame, event)
-        return self.broadcast_frame(frame, event, seq)
+            self.history.append(seq, frame, event, variants)
+        return self.broadcast_frame(frame, event, seq, variants)
 
     def restart_epoch(self, epoch: str, seq: int) -> None:
         """Take the backplane's stream position; live clients of another epoch hear of the change.
@@ -572,7 +604,10 @@ class WebSocketManager:
             log.exception("visible() hook failed; event withheld from %s", client.remote)
             return False
 
-    def broadcast_frame(self, frame: bytes, event: Mapping[str, Any] | None = None, seq: int = 0) -> int:
+    def broadcast_frame(
+        self, frame: bytes, event: Mapping[str, Any] | None = None, seq: int = 0,
+        variants: dict[ServerKey, bytes] | None = None,
+    ) -> int:
         """Queue already-encoded wire bytes for every client that wants ``event`` (the hot path).
 
         Subscriptions and the ``visible`` hook are consulted only when some
@@ -586,18 +621,25 @@ class WebSocketManager:
             clients = [c for c in clients if self._wants(c, event)]
         if self._floored and seq:
             clients = self._past_floor(clients, seq)
+        data = frame
         size = len(frame)
         max_bytes = self.queue_max_bytes
         max_messages = self.queue_max_messages
         slow: list[Client] | None = None
         for client in clients:
+            if variants and client.deflate_key is not None:
+                data = variants.get(client.deflate_key, frame)
+                size = len(data)
+            elif data is not frame:
+                data = frame
+                size = len(frame)
             queue = client.queue
             if queue and (client.queued_bytes + size > max_bytes or len(queue) >= max_messages) and not client.written_now():
                 if slow is None:
                     slow = []
                 slow.append(client)
                 continue
-            queue.append(frame)
+            queue.append(data)
             client.queued_bytes += size
             waiter = client.waiter
             if waiter is not None:
@@ -664,6 +706,13 @@ class WebSocketManager:
             "queued_bytes": sum(c.queued_bytes for c in self._connections),
             **({"backplane": self.backplane.stats()} if self.backplane is not None else {}),
         }
+
+
+def _json_text(message: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"event is not JSON-serialisable: {exc}") from None
 
 
 __all__ = ["Client", "WebSocketManager"]

@@ -20,6 +20,7 @@ import anyio
 from .auth import Authenticate
 from .broadcast import Client, Shape, Subscription, Visible, WebSocketManager
 from .config import WebSocketComponentConfig
+from .deflate import MessageDeflater
 from .events import StreamCoalescer
 from .http import Response
 from .limits import TokenBucket
@@ -116,6 +117,8 @@ class WebSocketServerComponent(ServerComponent):
             send_hello=self.config.send_hello,
             shape=shape,
             unshape=unshape,
+            deflater=MessageDeflater(self.config.compression_level, self.config.compression_threshold)
+            if self.config.compression else None,
         )
         self.backplane = backplane
         if backplane is not None:

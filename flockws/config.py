@@ -47,6 +47,10 @@ class WebSocketComponentConfig:
     subscription_max_values: int = 64  # values per field (types, correlation ids, run ids) a client may narrow to
     subscription_max_value_length: int = 256  # characters per value
     enabled: bool = True  # Flock's ServerComponentConfig field: Flock skips a disabled component
+    # permessage-deflate (RFC 7692), compressed once per broadcast and parameter set (see the README).
+    compression: bool = False
+    compression_threshold: int = 256  # bytes: smaller messages go uncompressed (a token rarely shrinks)
+    compression_level: int = 6  # zlib level, 1 (fast) .. 9 (small)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefix, str) or not self.prefix.startswith("/"):
@@ -86,6 +90,14 @@ class WebSocketComponentConfig:
         rate = self.inbound_rate_limit
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0):
             raise ConfigError(f"inbound_rate_limit must be a positive number of messages per second or None, got {rate!r}")
+        if not isinstance(self.compression, bool):
+            raise ConfigError(f"compression must be a bool, got {self.compression!r}")
+        threshold = self.compression_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
+            raise ConfigError(f"compression_threshold must be an integer >= 0 (bytes), got {threshold!r}")
+        level = self.compression_level
+        if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 9:
+            raise ConfigError(f"compression_level must be an integer 1..9, got {level!r}")
         if not isinstance(self.send_hello, bool):
             raise ConfigError(f"send_hello must be a bool, got {self.send_hello!r}")
         if isinstance(self.stream_coalesce_ms, bool) or not isinstance(self.stream_coalesce_ms, int | float) or self.stream_coalesce_ms < 0:

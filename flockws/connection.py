@@ -421,7 +421,8 @@ class Connection(asyncio.Protocol):
                 self._enter(Phase.REQUEST)
             return
         component, principal = decision
-        proto.accept()
+        proto.max_message_size = component.config.max_message_size  # also the inflater's bound
+        proto.accept(compression=component.config.compression)
         self._open(component, principal, request)
 
     async def _send_stream(self, response: Response) -> None:
@@ -522,6 +523,8 @@ class Connection(asyncio.Protocol):
         manager = component.manager
         proto.max_message_size = config.max_message_size
         client = Client(manager, remote=self.remote, path=request.path)
+        if proto.deflate is not None:
+            client.deflate_key = proto.deflate.key
         client.principal = principal
         client.writer = self
         query = parse_qs(request.query) if request.query else {}

@@ -28,6 +28,8 @@ class Entry:
     seq: int
     frame: bytes
     event: Mapping[str, Any] | None
+    # The same message compressed once per permessage-deflate parameter set that had a client then.
+    variants: dict[Any, bytes] | None = None
 
 
 class History:
@@ -53,12 +55,16 @@ class History:
         self._bytes = 0
 
     # builtins.bytes: in this class body ``bytes`` is the property above.
-    def append(self, seq: int, frame: builtins.bytes, event: Mapping[str, Any] | None) -> None:
+    def append(
+        self, seq: int, frame: builtins.bytes, event: Mapping[str, Any] | None,
+        variants: dict[Any, builtins.bytes] | None = None,
+    ) -> None:
         entries = self._entries
-        entries.append(Entry(seq, frame, event))
-        self._bytes += len(frame)
+        entries.append(Entry(seq, frame, event, variants))
+        self._bytes += _size(frame, variants)
         while entries and (len(entries) > self.max_events or self._bytes > self.max_bytes):
-            self._bytes -= len(entries.popleft().frame)
+            old = entries.popleft()
+            self._bytes -= _size(old.frame, old.variants)
 
     def last(self, count: int) -> list[Entry]:
         """The newest ``count`` entries, oldest first."""
@@ -87,3 +93,7 @@ class History:
         # seqs in history are consecutive, so the start index is arithmetic.
         index = start - oldest
         return [self._entries[i] for i in range(index, len(self._entries))], gap
+
+
+def _size(frame: bytes, variants: dict[Any, bytes] | None) -> int:
+    return len(frame) + (sum(map(len, variants.values())) if variants else 0)

@@ -30,7 +30,9 @@ from http import HTTPStatus
 import h11
 from wsproto.connection import Connection as WSConnection, ConnectionState as WSState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping as WSPing, Pong as WSPong, TextMessage
+from wsproto.extensions import Extension
 
+from .deflate import DeflateParams, negotiate
 from .head import parse_head
 
 # Close codes used by the server (RFC 6455 section 7.4.1).
@@ -218,6 +220,7 @@ class ServerProtocol:
     __slots__ = (
         "max_message_size", "max_header_size", "state", "_h11", "_buf", "_buf_eof", "_head_end",
         "_ws", "_out", "_pending", "_answering", "_body_open", "_msg", "_frames", "_eof", "backlog", "frames_in", "lingers",
+        "deflate",
     )
 
     def __init__(
@@ -238,6 +241,8 @@ class ServerProtocol:
         # wsproto's connection is made when the peer first sends after the 101 (or we
         # close): most broadcast clients never send, and it costs ~1 KiB per client.
         self._ws: WSConnection | None = None
+        # permessage-deflate as agreed in accept(compression=True), or None: plain frames only.
+        self.deflate: DeflateParams | None = None
         self._out: list[bytes] = []
         self._pending: Request | None = None  # a request awaiting accept()/respond()/start_response()
         self._answering: Request | None = None  # a streamed response is under way for this request
@@ -571,13 +576,15 @@ class ServerProtocol:
         """A streamed response was started and not yet ended."""
         return self._answering is not None
 
-    def accept(self, headers: list[tuple[str, str]] | None = None) -> None:
+    def accept(self, headers: list[tuple[str, str]] | None = None, *, compression: bool = False) -> None:
         """Complete the opening handshake for the pending WebSocket request.
 
-        No extension is accepted: a ``permessage-deflate`` offer is declined by
-        leaving it out of the response (RFC 7692 section 5), because broadcast
-        frames are encoded once for every client and per-connection zlib state
-        would cost more memory than the rest of the connection.
+        With ``compression``, a ``permessage-deflate`` offer is negotiated (see
+        :func:`flockws.deflate.negotiate`: the server always takes
+        ``server_no_context_takeover``, so one compressed frame serves every
+        client with the same parameters) and :attr:`deflate` holds the result.
+        Otherwise, or when ``headers`` already answer the extension, every
+        offer is declined by leaving it out of the response (RFC 7692 section 5).
         """
         request = self._take_pending()
         if not request.websocket:
@@ -591,6 +598,13 @@ class ServerProtocol:
             if not _TOKEN.fullmatch(name) or any(c in value for c in "\r\n\0"):
                 raise ProtocolUsageError(f"invalid response header {name!r}: {value!r}")
             lines.append(f"{name}: {value}".encode("latin-1"))
+            if name.lower() == "sec-websocket-extensions":
+                compression = False  # the caller answered the offer itself
+        if compression:
+            agreement = negotiate(request.header("sec-websocket-extensions"))
+            if agreement is not None:
+                self.deflate = agreement.params
+                lines.append(b"sec-websocket-extensions: " + agreement.response.encode("latin-1"))
         lines.append(b"\r\n")
         self._out.append(b"\r\n".join(lines))
         trailing: bytes | bytearray
@@ -600,7 +614,7 @@ class ServerProtocol:
             trailing, closed = self._h11.trailing_data
         self._buf = bytearray()
         if trailing:  # frames sent right behind the request
-            self._ws = WSConnection(ConnectionType.SERVER, trailing_data=bytes(trailing))
+            self._ws = WSConnection(ConnectionType.SERVER, trailing_data=bytes(trailing), extensions=self._extensions())
         self._eof = closed  # the client may have ended the stream right after its request
         self._h11 = None  # its buffers are no longer needed
         self.state = State.OPEN
@@ -622,8 +636,13 @@ class ServerProtocol:
 
     def _ws_connection(self) -> WSConnection:
         if self._ws is None:
-            self._ws = WSConnection(ConnectionType.SERVER)
+            self._ws = WSConnection(ConnectionType.SERVER, extensions=self._extensions())
         return self._ws
+
+    def _extensions(self) -> list[Extension] | None:
+        # The inbound side of permessage-deflate: inflates within max_message_size as frames
+        # stream in; its zlib state exists only while a compressed message is read.
+        return [self.deflate.inbound(self.max_message_size)] if self.deflate is not None else None
 
     def _ws_events(self, max_messages: int | None = None, max_frames: int | None = None) -> list[Event]:
         ws = self._ws_connection()
