@@ -258,6 +258,8 @@ def _serve_components(args: argparse.Namespace) -> list[ServerComponent]:
         enable_heartbeat=heartbeat is not None,
         heartbeat_interval=heartbeat if heartbeat is not None else 120,
         stream_coalesce_ms=args.stream_coalesce_ms,
+        compression=args.compression,
+        compression_threshold=args.compression_threshold,
     )
     components: list[ServerComponent] = [WebSocketServerComponent(config, backplane=_backplane(args))]
     if args.static is not None:
@@ -298,6 +300,8 @@ def _serve_workers(args: argparse.Namespace) -> int:
             argv += [flag, str(value)]
     for origin in args.allow_origin or ():
         argv += ["--allow-origin", origin]
+    if args.compression:
+        argv += ["--compression", "--compression-threshold", str(args.compression_threshold)]
     if args.verbose:
         argv.insert(0, "--verbose")
     _err(f"serve: {args.workers} workers on port {port} (SO_REUSEPORT), one stream on {args.redis}")
@@ -503,6 +507,17 @@ def _port(text: str) -> int:
     return value
 
 
+def _compression_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compression", action="store_true",
+        help="negotiate permessage-deflate: each broadcast is compressed once for every client that accepts it",
+    )
+    parser.add_argument(
+        "--compression-threshold", type=int, default=256, metavar="BYTES",
+        help="messages shorter than this go uncompressed (default 256)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Flock's real-time WebSocket server")
     parser.add_argument("-v", "--verbose", action="store_true", help="log connections and closes")
@@ -526,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--loops", type=int, default=None, help="stop after N workflows (default: forever)")
     demo.add_argument("--stream-coalesce-ms", type=float, default=0.0, help="merge streaming_output bursts (default 0 = off)")
     demo.add_argument("--redis", metavar="URL", help="join the stream shared on this Redis (see serve --redis)")
+    _compression_arguments(demo)
     demo.add_argument("--reuse-port", action="store_true", help="SO_REUSEPORT: share the port with other processes")
 
     srv = sub.add_parser(
@@ -551,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with the same URL and stream serves the same events, with the same seq, in one order",
     )
     srv.add_argument("--stream", metavar="NAME", help="the Redis stream's name (default: flockws:{endpoint})")
+    _compression_arguments(srv)
     srv.add_argument(
         "--workers", type=_positive(int), default=1, metavar="N",
         help="N processes on one port (SO_REUSEPORT), each a node of the --redis stream (default 1)",
@@ -590,7 +607,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.loops is not None and args.loops < 0:
                 raise ConfigError(f"--loops must be >= 0, got {args.loops}")
             component = WebSocketServerComponent(
-                WebSocketComponentConfig(stream_coalesce_ms=args.stream_coalesce_ms), backplane=_backplane(args)
+                WebSocketComponentConfig(stream_coalesce_ms=args.stream_coalesce_ms, compression=args.compression,
+                                         compression_threshold=args.compression_threshold),
+                backplane=_backplane(args),
             )
             return _run(_demo, args, component)
         if args.command == "tail":
