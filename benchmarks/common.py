@@ -81,3 +81,77 @@ def rss_kib(pid: int | str = "self") -> int:
     except OSError:
         pass
     return 0
+
+
+# ---------------------------------------------------------------- other Flock-shaped events (benchmarks.compression)
+
+_WORDS = (
+    "the agent reads the brief then plans three steps searches two sources compares their claims and writes "
+    "a short answer with citations while the critic checks each claim against the sources it was given "
+)
+
+
+class TokenPayload:
+    """A ``streaming_output`` event of exactly ``size`` bytes: one LLM token chunk, its text varying with ``seq``."""
+
+    def __init__(self, size: int = 150) -> None:
+        self.pre = '"type":"streaming_output","agent_name":"writer","output_type":"llm_token","content":"'
+        self.post = '"}'
+        self.width = size - (TS_OFFSET + TS_WIDTH + 1) - len(self.pre) - len(self.post)
+        if self.width < 4:
+            raise ValueError(f"token payload size must be >= {size - self.width + 4}")
+        self.text = _WORDS * (self.width // len(_WORDS) + 2)
+        self.size = size
+
+    def make(self, seq: int, ts: int) -> str:
+        start = (seq * 7) % len(_WORDS)
+        return _HEAD % (seq, ts) + self.pre + self.text[start : start + self.width] + self.post
+
+
+def graph_body(target: int) -> str:
+    """The fields of a ``graph_updated`` event (a dashboard's nodes/edges list), at least ``target`` bytes, JSON."""
+    import json
+    import random
+
+    def dumps(obj: object) -> str:
+        return json.dumps(obj, separators=(",", ":"))
+
+    rng = random.Random(7)
+    kinds = ["agent", "artifact", "tool", "router"]
+    nodes: list[str] = []
+    edges: list[str] = []
+    length = len('"type":"graph_updated","nodes":[],"edges":[]')
+    while length < target:
+        i = len(nodes)
+        nodes.append(dumps({
+            "id": f"node-{i}", "type": rng.choice(kinds),
+            "data": {"label": f"{rng.choice(['research', 'writer', 'critic', 'planner'])}_agent_{i}",
+                     "status": rng.choice(["idle", "running", "done", "error"]), "tokens": rng.randrange(100000),
+                     "subscriptions": rng.sample(["Idea", "Draft", "Review", "Report", "Query"], 2)},
+            "position": {"x": round(rng.uniform(0, 2000), 1), "y": round(rng.uniform(0, 1200), 1)},
+        }))
+        length += len(nodes[-1]) + 1
+        if i:
+            edges.append(dumps({"id": f"edge-{i}", "source": f"node-{rng.randrange(i)}", "target": f"node-{i}",
+                                "label": rng.choice(["Idea", "Draft", "Review", "Report"]), "animated": rng.random() < 0.3}))
+            length += len(edges[-1]) + 1
+    return f'"type":"graph_updated","nodes":[{",".join(nodes)}],"edges":[{",".join(edges)}]'
+
+
+
+class GraphPayload:
+    """A ``graph_updated`` event of exactly ``size`` bytes (padded with JSON whitespace before the final brace)."""
+
+    def __init__(self, size: int = 51200) -> None:
+        fixed = TS_OFFSET + TS_WIDTH + 1 + 1
+        self.rest = graph_body(size - fixed - 200)
+        if len(self.rest) > size - fixed:
+            raise ValueError("graph payload size too small")
+        self.rest += " " * (size - fixed - len(self.rest)) + "}"
+        self.size = size
+
+    def make(self, seq: int, ts: int) -> str:
+        return _HEAD % (seq, ts) + self.rest
+
+
+PAYLOADS = {"agent_output": Payload, "token": TokenPayload, "graph": GraphPayload}

@@ -22,6 +22,15 @@ The harness drives it with JSON lines on stdin and reads JSON lines on stdout:
   {"cmd": "quit"}           reset every connection (RST, no TIME_WAIT) and exit
 End of stdin also ends it.  It pins itself to core 1.
 
+``--deflate`` offers ``permessage-deflate; client_max_window_bits`` in the
+handshake (the connect report counts the servers that accepted it).  A
+compressed message (RSV1 frames, possibly fragmented) is counted as delivered
+when its final frame arrives, but not inflated: its seq, order and latency are
+not checked (the plain frames of a run still are).  Every report counts the
+bytes received on the wire (``wire_bytes``, frame headers included) and the
+compressed messages (``compressed``); benchmarks.compression checks the
+content with a real client instead.
+
 numpy (which the bench extra brings) checks long runs of frames in one go;
 without it every frame takes the loop, with the same checks (smoke runs).
 """
@@ -70,7 +79,8 @@ LINGER_RST = (1).to_bytes(4, "little") + (0).to_bytes(4, "little")
 
 
 class Conn:
-    __slots__ = ("sock", "fd", "rest", "next", "got", "done", "closed", "close_code", "stalled", "errors", "state", "t0")
+    __slots__ = ("sock", "fd", "rest", "next", "got", "done", "closed", "close_code", "stalled", "errors", "state", "t0",
+                 "zgot", "zfrag")
 
     def __init__(self, sock: socket.socket, stalled: bool) -> None:
         self.sock = sock
@@ -85,6 +95,8 @@ class Conn:
         self.errors = 0
         self.state = 0  # 0 connecting, 1 waiting for the 101, 2 open
         self.t0 = 0.0
+        self.zgot = 0  # compressed messages completed in the current read (added to ``got``)
+        self.zfrag = False  # inside a fragmented compressed message
 
 
 def out(obj: dict[str, Any]) -> None:
@@ -98,8 +110,13 @@ class LoadGen:
         self.addr = (args.host, args.port)
         self.request = (
             f"GET {args.path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {KEY.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {KEY.decode()}\r\nSec-WebSocket-Version: 13\r\n"
+            + ("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" if args.deflate else "")
+            + "\r\n"
         ).encode()
+        self.negotiated = 0
+        self.wire_bytes = 0
+        self.compressed = 0
         self.ep = select.epoll()
         self.conns: dict[int, Conn] = {}
         self.stalled: list[Conn] = []
@@ -184,6 +201,8 @@ class LoadGen:
                         head, c.rest = c.rest[:end], c.rest[end + 4 :]
                         if not head.startswith(b"HTTP/1.1 101") or ACCEPT not in head:
                             ok = False
+                        elif b"permessage-deflate" in head.lower():
+                            self.negotiated += 1
                 if not ok:
                     ep.unregister(fd)
                     del pending[fd]
@@ -205,7 +224,7 @@ class LoadGen:
         failed += n - started
         out({
             "connected": opened, "failed": failed, "connect_s": time.monotonic() - t0,
-            "connect_cpu_s": cpu_seconds() - cpu0, "stalled": len(self.stalled),
+            "connect_cpu_s": cpu_seconds() - cpu0, "stalled": len(self.stalled), "deflate_negotiated": self.negotiated,
         })
 
     # ------------------------------------------------------------ the loop
@@ -242,6 +261,7 @@ class LoadGen:
         if not data:
             self.lost(c)
             return
+        self.wire_bytes += len(data)
         if c.rest:
             data = c.rest + data
             c.rest = b""
@@ -287,6 +307,9 @@ class LoadGen:
                     return
         if off < n:
             c.rest = data[off:]
+        if c.zgot:
+            got += c.zgot
+            c.zgot = 0
         if got:
             c.next = nxt
             c.got += got
@@ -341,7 +364,12 @@ class LoadGen:
             return -1
         payload = data[pos : pos + length]
         opcode = b0 & 0x0F
-        if opcode == 0x9:  # ping -> masked pong (zero key leaves the payload as is)
+        if (b0 & 0x40 and opcode in (0x1, 0x2)) or (c.zfrag and opcode == 0x0):  # permessage-deflate data
+            c.zfrag = not b0 & 0x80
+            if not c.zfrag:
+                c.zgot += 1
+                self.compressed += 1
+        elif opcode == 0x9:  # ping -> masked pong (zero key leaves the payload as is)
             self.send(c, bytes((0x8A, 0x80 | len(payload))) + b"\0\0\0\0" + payload)
             self.pongs += 1
         elif opcode == 0x8:
@@ -406,7 +434,7 @@ class LoadGen:
         self.expect_n = int(cmd["n"])
         self.lat_file = cmd.get("lat_file", "")
         self.lat = array.array("q")
-        self.pongs = self.unexpected = self.reads = 0
+        self.pongs = self.unexpected = self.reads = self.wire_bytes = self.compressed = 0
         self.t_last = 0
         live = 0
         for c in self.conns.values():
@@ -453,6 +481,8 @@ class LoadGen:
                 "pongs": self.pongs,
                 "reads": self.reads,
                 "unexpected": self.unexpected,
+                "wire_bytes": self.wire_bytes,
+                "compressed": self.compressed,
             }
         )
 
@@ -528,6 +558,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=100, help="handshakes in flight")
     parser.add_argument("--connect-timeout", type=float, default=120.0)
     parser.add_argument("--core", type=int, default=1)
+    parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate; count (not inflate) RSV1 messages")
     args = parser.parse_args()
     pin(args.core)
     raise_nofile()

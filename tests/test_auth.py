@@ -18,6 +18,7 @@ from websockets.exceptions import InvalidStatus
 from wire import handshake_request, http_request
 
 import flockws.auth
+import flockws.broadcast
 from flockws import WebSocketComponentConfig, WebSocketServerComponent
 from flockws.auth import Refused, bearer_token
 from flockws.protocol import Request
@@ -217,18 +218,18 @@ def token_component(**kwargs: Any) -> WebSocketServerComponent:
     )
 
 
-async def test_visible_sends_each_artifact_only_to_its_owner_encoded_once() -> None:
+async def test_visible_sends_each_artifact_only_to_its_owner_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
     comp = token_component(visible=owner_visible)
     manager = comp.manager
     encodes = 0
-    real_encode = manager.encode
+    real_json_text = flockws.broadcast._json_text
 
-    def counting_encode(message: Any) -> bytes:
+    def counting_json_text(message: Any) -> str:
         nonlocal encodes
         encodes += 1
-        return real_encode(message)
+        return real_json_text(message)
 
-    manager.encode = counting_encode  # type: ignore[method-assign]
+    monkeypatch.setattr(flockws.broadcast, "_json_text", counting_json_text)
     events = [
         {"type": "artifact", "owner": "alice", "n": 1},
         {"type": "artifact", "owner": "bob", "n": 2},

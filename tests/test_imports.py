@@ -16,7 +16,7 @@ def _run(code: str) -> str:
 def test_the_core_imports_alone() -> None:
     """``import flockws.protocol`` loads the core, not the server, the I/O layer or anyio."""
     out = _run("import sys, flockws.protocol; print(sorted(m for m in sys.modules if m.startswith(('flockws', 'anyio'))))")
-    assert eval(out) == ["flockws", "flockws.head", "flockws.protocol", "flockws.version"]
+    assert eval(out) == ["flockws", "flockws.deflate", "flockws.frames", "flockws.head", "flockws.protocol", "flockws.version"]
 
 
 def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:

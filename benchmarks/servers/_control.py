@@ -10,6 +10,8 @@ away) ends the process, so no server outlives its harness.
 Commands:
   {"cmd": "stats"}                       -> cpu seconds, RSS, clients in the pool, publisher state
   {"cmd": "publish", "n", "rate", "size"} -> starts the publisher; replies at once with the start CPU
+                                           (optional "kind": "agent_output" (default), "token", "graph":
+                                           benchmarks.common.PAYLOADS)
   {"cmd": "cancel"}                      -> cancels a publisher that is still running
   {"cmd": "quit"}                        -> exits the process immediately
 
@@ -38,7 +40,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..common import Payload, cpu_seconds, pin, raise_nofile, rss_kib
+from ..common import PAYLOADS, cpu_seconds, pin, raise_nofile, rss_kib
 
 Broadcast = Callable[[str], Any]
 _OUT: Any = None
@@ -145,9 +147,10 @@ class Controller:
             self.published = 0
             self.pub_finished = 0.0
             self.pub_error = ""
+            payload = PAYLOADS[str(cmd.get("kind", "agent_output"))](int(cmd.get("size", 300)))  # built before the CPU count
             cpu = cpu_seconds()
             self.pub_started = time.monotonic()
-            self.task = asyncio.ensure_future(self._publish(int(cmd["n"]), float(cmd.get("rate", 0)), int(cmd.get("size", 300))))
+            self.task = asyncio.ensure_future(self._publish(int(cmd["n"]), float(cmd.get("rate", 0)), payload))
             return {"cpu": cpu, "t_ns": time.monotonic_ns(), "rss_kib": rss_kib(), "pool": self.pool_size()}
         if what == "profile":  # cProfile of the loop thread: {"action": "start"} then {"action": "stop", "path": ...}
             import cProfile
@@ -186,8 +189,7 @@ class Controller:
 
     # ------------------------------------------------------------ publisher
 
-    async def _publish(self, n: int, rate: float, size: int) -> None:
-        payload = Payload(size)
+    async def _publish(self, n: int, rate: float, payload: Any) -> None:
         make = payload.make
         broadcast = self.broadcast
         is_async = self.is_async

@@ -1,9 +1,12 @@
 """websockets 17 (new asyncio implementation) with its ``broadcast()``.
 
 Connections are kept in a set by the handler, as websockets' documentation
-shows for broadcasting; keepalive pings stay at the library's defaults.
+shows for broadcasting; keepalive pings stay at the library's defaults, and so
+does compression: ``serve(compression="deflate")`` negotiates permessage-deflate
+with every client that offers it (per-connection compressor, context takeover,
+12-bit window, memLevel 5); ``--compression none`` turns it off.
 
-    python -m benchmarks.servers.websockets_server
+    python -m benchmarks.servers.websockets_server [--compression deflate|none]
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from ..common import PATH
 from ._control import Controller, prepare
 
 
-async def main() -> None:
+async def main(compression: str | None = "deflate") -> None:
     import websockets
     from websockets.asyncio.server import broadcast, serve
 
@@ -33,12 +36,18 @@ async def main() -> None:
     def publish(message: str) -> None:
         broadcast(clients, message)
 
-    async with serve(handler, "127.0.0.1", 0) as server:
+    async with serve(handler, "127.0.0.1", 0, compression=compression) as server:
         port = server.sockets[0].getsockname()[1]
-        Controller("websockets", publish, clients.__len__).start(port, {"version": websockets.__version__, "loop": "asyncio"})
+        Controller("websockets", publish, clients.__len__).start(port, {"version": websockets.__version__, "loop": "asyncio",
+                                                                "compression": compression})
         await asyncio.get_running_loop().create_future()
 
 
 if __name__ == "__main__":
+    import argparse
+
     prepare()
-    asyncio.run(main())
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--compression", choices=("deflate", "none"), default="deflate")
+    args = parser.parse_args()
+    asyncio.run(main(None if args.compression == "none" else "deflate"))
