@@ -279,10 +279,10 @@ def table(records: list[dict[str, Any]], args: argparse.Namespace, desc: str, wa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", help="comma-separated client counts (default 1000,10000; --quick 1000)")
-    parser.add_argument("--tokens", type=int, help="token events per run (default 200 at 1,000 clients, scaled to "
-                        "keep ~200,000 deliveries, >= 20; --quick 50)")
-    parser.add_argument("--graphs", type=int, help="graph events per run (default 20 at 1,000 clients, scaled to "
-                        "keep ~20,000 deliveries, >= 3; --quick 5)")
+    parser.add_argument("--tokens", type=int, help="token events per run (default 500,000 deliveries / clients, "
+                        "20..200: 200 at 1,000 clients, 50 at 10,000; --quick 50)")
+    parser.add_argument("--graphs", type=int, help="graph events per run (default 50,000 deliveries / clients, "
+                        "5..20: 20 at 1,000 clients, 5 at 10,000; --quick 5)")
     parser.add_argument("--graph-rate", type=float, help="graph events/s (default 10,000 / clients, 1..10)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
     parser.add_argument("--quick", action="store_true", help="1,000 clients, 50 token and 5 graph events (<60 s)")
@@ -304,8 +304,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="flockws-compression-") as tmpdir:
         log_dir = Path(tmpdir)
         for clients in counts:
-            args.tokens = fixed_tokens or (50 if args.quick else max(20, min(200, 200_000 // clients)))
-            args.graphs = fixed_graphs or (5 if args.quick else max(3, min(20, 20_000 // clients)))
+            args.tokens = fixed_tokens or (50 if args.quick else max(20, min(200, 500_000 // clients)))
+            args.graphs = fixed_graphs or (5 if args.quick else max(5, min(20, 50_000 // clients)))
             args.graph_rate = fixed_rate or max(1.0, min(10.0, 10_000 / clients))
             print(f"{clients:,} clients: {args.tokens} token events, {args.graphs} graph events at {args.graph_rate:g}/s",
                   flush=True)

@@ -32,7 +32,7 @@ from wsproto.connection import Connection as WSConnection, ConnectionState as WS
 from wsproto.events import BytesMessage, CloseConnection, Ping as WSPing, Pong as WSPong, TextMessage
 from wsproto.extensions import Extension
 
-from .deflate import DeflateParams, negotiate
+from .deflate import DeflateParams, InboundDeflate, negotiate
 from .head import parse_head
 
 # Close codes used by the server (RFC 6455 section 7.4.1).
@@ -220,7 +220,7 @@ class ServerProtocol:
     __slots__ = (
         "max_message_size", "max_header_size", "state", "_h11", "_buf", "_buf_eof", "_head_end",
         "_ws", "_out", "_pending", "_answering", "_body_open", "_msg", "_frames", "_eof", "backlog", "frames_in", "lingers",
-        "deflate",
+        "deflate", "_inbound",
     )
 
     def __init__(
@@ -243,6 +243,7 @@ class ServerProtocol:
         self._ws: WSConnection | None = None
         # permessage-deflate as agreed in accept(compression=True), or None: plain frames only.
         self.deflate: DeflateParams | None = None
+        self._inbound: InboundDeflate | None = None  # made with wsproto's connection
         self._out: list[bytes] = []
         self._pending: Request | None = None  # a request awaiting accept()/respond()/start_response()
         self._answering: Request | None = None  # a streamed response is under way for this request
@@ -642,7 +643,17 @@ class ServerProtocol:
     def _extensions(self) -> list[Extension] | None:
         # The inbound side of permessage-deflate: inflates within max_message_size as frames
         # stream in; its zlib state exists only while a compressed message is read.
-        return [self.deflate.inbound(self.max_message_size)] if self.deflate is not None else None
+        if self.deflate is None:
+            return None
+        self._inbound = self.deflate.inbound(self.max_message_size)
+        return [self._inbound]
+
+    @property
+    def inflating(self) -> bool:
+        """Whether this connection holds zlib inflate state now (only while reading a compressed message,
+        or for good when the client keeps its context)."""
+        inbound = self._inbound
+        return inbound is not None and inbound.inflater is not None and inbound.inflater.holds_state
 
     def _ws_events(self, max_messages: int | None = None, max_frames: int | None = None) -> list[Event]:
         ws = self._ws_connection()

@@ -598,10 +598,7 @@ async def test_idle_compression_connection_holds_no_inflater() -> None:
                 await wire.send_frame(OP_TEXT, deflate(b"q" * 1000), rsv=RSV1)
                 await wait_until(lambda: inbox.messages == ["q" * 1000], what="the compressed message")
                 assert not proto.silent
-                # No public hook for this: reach through wsproto's frame protocol to the extension.
-                (extension,) = proto._ws._proto.extensions
-                assert isinstance(extension, deflate_module.InboundDeflate)
-                assert extension.inflater is not None and not extension.inflater.holds_state
+                assert not proto.inflating
 
 
 @pytest.mark.anyio
