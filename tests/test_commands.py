@@ -10,6 +10,7 @@
 | ``python -m benchmarks.soak`` | :func:`test_benchmarks_soak` (``--churns 300 --duration 1``) |
 | ``python -m benchmarks.connect`` | :func:`test_benchmarks_connect` (``--clients 20 --repeats 1``) |
 | ``python -m benchmarks.backplane --quick`` | :func:`test_benchmarks_backplane_quick` (``--clients 20 --events 20``) |
+| ``python -m benchmarks.compression --quick`` | :func:`test_benchmarks_compression_quick` (``--clients 20 --tokens 10 --graphs 2``) |
 
 The ``flockws`` verbs run through the installed console script (what the
 README tells a user to type), bind port 0 on 127.0.0.1 and are read for the
@@ -283,3 +284,33 @@ def test_benchmarks_backplane_quick(tmp_path: Path) -> None:
         assert finite(r["redis_us_per_event"]) == r["redis"], what
     assert "| 2 nodes + Redis |" in (tmp_path / "backplane-quick.md").read_text()
     assert "| 1 node + Redis |" in output  # the table is printed too
+
+
+@pytest.mark.timeout(120)
+def test_benchmarks_compression_quick(tmp_path: Path) -> None:
+    """``benchmarks.compression --quick`` with 20 clients, 10 token and 2 graph events: the four servers, real processes."""
+    if importlib.util.find_spec("websockets") is None:
+        pytest.skip("benchmarks.compression needs websockets (the bench extra: pip install -e '.[bench]')")
+    output = run_command(
+        ["-m", "benchmarks.compression", "--quick", "--clients", "20", "--tokens", "10", "--graphs", "2",
+         "--results-dir", str(tmp_path)],
+        timeout=90,
+    )
+    records = json.loads((tmp_path / "compression-quick.json").read_text())["records"]
+    assert [r for r in records if r["kind"] == "error"] == []
+    configs = ("flockws", "flockws deflate", "websockets deflate", "websockets")
+    assert {(r["config"], r["kind"]) for r in records} == {(c, k) for c in configs for k in ("token", "graph")}
+    for r in records:
+        what = f"{r['config']} {r['kind']}: {r}"
+        n = 10 if r["kind"] == "token" else 2
+        assert r["connected"] == 20 and r["connect_failed"] == 0, what
+        assert r["expected"] == r["delivered"] == 21 * n and r["lost"] == 0 and not r["timed_out"], what
+        assert r["checked"] == n and r["check_errors"] == 0 and r["order_errors"] == 0 and r["unexpected"] == 0, what
+        assert r["deflate_negotiated"] == (21 if "deflate" in r["config"] else 0), what
+        # flockws compresses only the graph (the 150 B token is below its threshold); websockets compresses both.
+        compressed = r["config"] == "websockets deflate" or (r["config"] == "flockws deflate" and r["kind"] == "graph")
+        assert r["compressed"] == (20 * n if compressed else 0), what
+        assert (r["wire_per_event"] < r["size"]) == compressed, what
+        assert finite(r["server_us_per_msg"]) and finite(r["kib_per_conn"]), what
+    assert "| flockws deflate |" in (tmp_path / "compression-quick.md").read_text()
+    assert "| websockets deflate |" in output  # the table is printed too

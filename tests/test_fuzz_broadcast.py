@@ -13,17 +13,24 @@ every step, and after every step:
 * no queue exceeds its bounds: at most ``queue_max_messages`` entries, and at
   most ``queue_max_bytes`` bytes unless it holds a single message (a message
   is always accepted into an empty queue, see ``Client.push``);
-* a sleeping writer is woken exactly once by the first push or the close.
+* a sleeping writer is woken exactly once by the first push or the close;
+* permessage-deflate: a client that agreed a parameter set gets the message
+  compressed for it when the broadcast is worth compressing, every such client
+  the very same ``bytes`` object (compressed once), and it inflates back to the
+  message; everyone else gets the plain frame.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from flockws.broadcast import _PING_FRAME, HEARTBEAT_TIMEOUT, SLOW_CONSUMER, Client, WebSocketManager
+from flockws.deflate import MessageDeflater, ServerKey
+from flockws.frames import message_payload
 
 
 class FakeWaiter:
@@ -55,9 +62,13 @@ messages = st.one_of(
 class BroadcastMachine(RuleBasedStateMachine):
     clients = Bundle("clients")
 
-    @initialize(max_bytes=st.integers(1, 2000), max_messages=st.integers(1, 6), fragment_size=st.integers(1, 500))
-    def setup(self, max_bytes: int, max_messages: int, fragment_size: int) -> None:
-        self.manager = WebSocketManager(queue_max_bytes=max_bytes, queue_max_messages=max_messages, fragment_size=fragment_size)
+    @initialize(max_bytes=st.integers(1, 2000), max_messages=st.integers(1, 6), fragment_size=st.integers(1, 500),
+                threshold=st.integers(0, 64))
+    def setup(self, max_bytes: int, max_messages: int, fragment_size: int, threshold: int) -> None:
+        self.deflater = MessageDeflater(level=1, threshold=threshold)
+        self.fragment_size = fragment_size
+        self.manager = WebSocketManager(queue_max_bytes=max_bytes, queue_max_messages=max_messages,
+                                        fragment_size=fragment_size, deflater=self.deflater)
         self.max_bytes = max_bytes
         self.max_messages = max_messages
         self.models: dict[Client, Model] = {}
@@ -102,9 +113,10 @@ class BroadcastMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ rules
 
-    @rule(target=clients)
-    def join(self) -> Client:
+    @rule(target=clients, window=st.sampled_from([None, None, 15, 15, 10]))
+    def join(self, window: int | None) -> Client:
         client = Client(self.manager, remote=f"c{len(self.models)}")
+        client.deflate_key = ServerKey(window) if window is not None else None
         self.manager.add(client)
         self.models[client] = Model(join_index=len(self.log))
         return client
@@ -112,10 +124,38 @@ class BroadcastMachine(RuleBasedStateMachine):
     @rule(message=messages)
     def broadcast(self, message: object) -> None:
         frame = self.manager.encode(message)  # type: ignore[arg-type]
+        variants = self._compressed(message)  # type: ignore[arg-type]
         delivered = self.manager.broadcast(message)  # type: ignore[arg-type]
         self.log.append(frame)
-        accepted = sum(self._model_push(c, frame, "broadcast") for c in self._open())
+        accepted = 0
+        shared: dict[ServerKey, bytes] = {}
+        for client in self._open():
+            data = variants.get(client.deflate_key, frame) if client.deflate_key is not None else frame
+            if self._model_push(client, data, "broadcast"):
+                accepted += 1
+                queued = client.queue[-1]
+                assert queued == data
+                if data is not frame:
+                    assert shared.setdefault(client.deflate_key, queued) is queued, "compressed more than once"
+                    assert self._inflate(queued, client.deflate_key.window_bits) == message_payload(frame)
         assert delivered == accepted
+
+    def _compressed(self, message: str | bytes) -> dict[ServerKey, bytes]:
+        """What the message is sent as to each parameter set of the open clients (empty: plain for all)."""
+        payload = message.encode() if isinstance(message, str) else message
+        keys = {c.deflate_key for c in self._open() if c.deflate_key is not None}
+        variants = {}
+        for key in keys:
+            data = self.deflater.encode(payload, isinstance(message, str), key, self.fragment_size)
+            if data is None:  # not worth it (under the threshold, or it does not shrink): plain for everyone
+                return {}
+            variants[key] = data
+        return variants
+
+    @staticmethod
+    def _inflate(wire: bytes, window_bits: int) -> bytes:
+        assert wire[0] & 0x40, "RSV1 must mark a compressed message"
+        return zlib.decompressobj(-window_bits).decompress(message_payload(wire) + b"\x00\x00\xff\xff")
 
     @rule(client=clients, message=messages)
     def send_one(self, client: Client, message: object) -> None:
@@ -190,7 +230,9 @@ class BroadcastMachine(RuleBasedStateMachine):
             assert list(client.queue) == model.queue
             assert model.received + model.queue == [data for _, data in model.expected]
             broadcasts = [data for kind, data in model.expected if kind == "broadcast"]
-            assert broadcasts == self.log[model.join_index :], "a broadcast since joining is missing"
+            assert len(broadcasts) == len(self.log[model.join_index :]), "a broadcast since joining is missing"
+            if client.deflate_key is None:
+                assert broadcasts == self.log[model.join_index :]
             assert not client.closing and client.close_request is None
 
     @invariant()
