@@ -63,7 +63,7 @@ _TAIL = b"\x00\x00\xff\xff"
 # RFC 7692 allows per message.  A deflate stream that starts from an empty
 # window has little to gain on a short message (a 110-byte token event
 # compresses to 88 bytes, and costs 4 us and a second copy of the frame,
-# see docs/deflate-plan.md), and token events are the bulk of a stream.
+# python -m benchmarks.deflate_bench), and token events are the bulk of a stream.
 DEFAULT_THRESHOLD = 256
 
 _RSV1 = 0x40
@@ -292,7 +292,7 @@ def deflate_payload(payload: bytes, window_bits: int = 15, level: int = 6, mem_l
     A fresh compressor per message is what ``server_no_context_takeover``
     means.  Copying a prepared compressor (``compressobj().copy()``) was
     measured as no faster (the copy moves the whole ~260 KiB state; a fresh
-    one only clears its hash head): see docs/deflate-plan.md.
+    one only clears its hash head): python -m benchmarks.deflate_bench.
     """
     compressor = zlib.compressobj(level, zlib.DEFLATED, -window_bits, mem_level)
     data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
