@@ -272,6 +272,15 @@ def table(records: list[dict[str, Any]], args: argparse.Namespace, desc: str, wa
         "real websockets client per session that inflated every message and compared it byte for byte with what "
         "the publisher built; the load generator counts compressed messages without inflating them. ⏱: not every "
         "message arrived within the cap.",
+        "",
+        "Caveats: the token run is one burst, so a server whose writers fall behind writes several queued frames per "
+        "send (flockws at 10,000 clients): its µs/msg is a burst figure, not a steady trickle's. Consecutive events "
+        "differ only in seq, ts and (tokens) a 19-byte text slice: websockets' context takeover gains from that on "
+        "tokens (hence ~30 B), not on the graph (50 KiB is far past its 4 KiB window). The event counts are bounded "
+        "(fewer at 10,000 clients) to keep websockets' per-connection compression within minutes; µs/msg is CPU over "
+        "a short window (tens of ms at 1,000 clients for flockws): between two runs the flockws graph figures at 1,000 "
+        "clients moved by up to a third (off 9.2 vs 5.9, on 7.5 vs 6.9), so read small differences as noise. No latency figures: compressed "
+        "frames are not inflated by the load generator.",
     ]
     return "\n".join(head + rows + mem + notes) + "\n"
 
