@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .common import PATH, TS_OFFSET, TS_WIDTH, pin, raise_nofile
+from .common import PATH, TS_OFFSET, TS_WIDTH, fmt, pin, raise_nofile
 from .run import Proc, machine, percentiles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -371,16 +371,10 @@ def run_config(cfg: Config, args: argparse.Namespace, tmp: Path, log_dir: Path) 
 # ---------------------------------------------------------------- report
 
 
-def _f(value: Any, digits: int = 2) -> str:
-    if not isinstance(value, int | float) or value != value:
-        return "–"
-    return f"{value:,.{digits}f}"
-
-
 def _line(r: dict[str, Any]) -> str:
     return (
         f"{r['delivered_per_s']:,.0f} msg/s, server {r['server_us_per_msg']:.2f} µs/msg "
-        f"(+Redis {r['server_redis_us_per_msg']:.2f}), Redis {_f(r['redis_us_per_event'], 1)} µs/event, "
+        f"(+Redis {r['server_redis_us_per_msg']:.2f}), Redis {fmt(r['redis_us_per_event'], 1)} µs/event, "
         f"p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms, lost {r['lost']}, order {r['order_errors']}, "
         f"server CPU {r['server_cpu_share']:.0%}, loadgen {r['loadgen_cpu_share']:.0%}"
         + (" TIMED OUT" if r["timed_out"] else "")
@@ -419,8 +413,8 @@ def table(records: list[dict[str, Any]], args: argparse.Namespace, desc: str, wa
         lost = f"{r['lost']:,}" + (" ⏱" if r["timed_out"] else "")
         rows.append(
             f"| {r['config']} | {per_node} | {r['scenario']} | {r['delivered_per_s']:,.0f} | {lost} | {r['order_errors']} "
-            f"| **{_f(r['server_us_per_msg'])}** | {_f(r['server_redis_us_per_msg'])} | {_f(r['redis_us_per_event'], 1)} "
-            f"| {_f(r['p50_ms'], 1)} | {_f(r['p99_ms'], 1)} | {_f(r['max_ms'], 1)} | {r['server_cpu_share']:.0%} "
+            f"| **{fmt(r['server_us_per_msg'])}** | {fmt(r['server_redis_us_per_msg'])} | {fmt(r['redis_us_per_event'], 1)} "
+            f"| {fmt(r['p50_ms'], 1)} | {fmt(r['p99_ms'], 1)} | {fmt(r['max_ms'], 1)} | {r['server_cpu_share']:.0%} "
             f"| {r['redis_cpu_share']:.0%} | {r['loadgen_cpu_share']:.0%} |"
         )
     notes = [

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import resource
+from typing import Any
 
 PATH = "/plugin/ws"
 SEQ_OFFSET, SEQ_WIDTH = 7, 10  # '{"seq":' then 10 characters
@@ -51,6 +52,13 @@ def frame_header(length: int, opcode: int = 0x1) -> bytes:
     if length < 65536:
         return bytes((first, 126)) + length.to_bytes(2, "big")
     return bytes((first, 127)) + length.to_bytes(8, "big")
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    """A figure for a results table: thousands separated, "–" for a missing one (None or NaN)."""
+    if not isinstance(value, int | float) or value != value:
+        return "–"
+    return f"{value:,.{digits}f}"
 
 
 def pin(core: int) -> None:

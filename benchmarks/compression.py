@@ -59,7 +59,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import PATH, PAYLOADS, pin, raise_nofile
+from .common import PATH, PAYLOADS, fmt, pin, raise_nofile
 from .run import Proc, machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,12 +198,6 @@ def session(config: str, clients: int, args: argparse.Namespace, log_dir: Path) 
     return records
 
 
-def _f(value: Any, digits: int = 2) -> str:
-    if not isinstance(value, int | float) or value != value:
-        return "–"
-    return f"{value:,.{digits}f}"
-
-
 def _line(r: dict[str, Any]) -> str:
     return (
         f"{r['delivered']:,}/{r['expected']:,} delivered, server {r['server_us_per_msg']:.2f} µs/msg, "
@@ -246,8 +240,8 @@ def table(records: list[dict[str, Any]], args: argparse.Namespace, desc: str, wa
         events = f"{r['events']} @{r['rate']:g}/s" if r["rate"] else str(r["events"])
         rows.append(
             f"| {r['config']} | {r['clients']:,} | {r['deflate_negotiated']:,} | {r['kind']} | {events} | {lost} "
-            f"| **{_f(r['server_us_per_msg'])}** | {_f(r['wire_per_event'], 0)} | {r['compressed']:,} "
-            f"| {r['checked']} ({r['check_errors']}) | {_f(r['wall_s'], 1)} |"
+            f"| **{fmt(r['server_us_per_msg'])}** | {fmt(r['wire_per_event'], 0)} | {r['compressed']:,} "
+            f"| {r['checked']} ({r['check_errors']}) | {fmt(r['wall_s'], 1)} |"
         )
     mem = [
         "",
@@ -261,7 +255,7 @@ def table(records: list[dict[str, Any]], args: argparse.Namespace, desc: str, wa
         if (r["config"], r["clients"]) in seen:
             continue
         seen.add((r["config"], r["clients"]))
-        mem.append(f"| {r['config']} | {r['clients']:,} | **{_f(r['kib_per_conn'], 1)}** | {_f(r.get('kib_per_conn_after'), 1)} |")
+        mem.append(f"| {r['config']} | {r['clients']:,} | **{fmt(r['kib_per_conn'], 1)}** | {fmt(r.get('kib_per_conn_after'), 1)} |")
     notes = [
         "",
         "Notes: the token events (150 B) are below flockws' 256 B threshold, so flockws sends them uncompressed "

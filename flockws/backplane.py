@@ -340,6 +340,12 @@ class RedisBackplane:
     def _delay(self, attempt: int) -> float:
         return min(0.05 * 2.0 ** min(attempt, 16), float(self.retry_max_delay))
 
+    async def _retry_after(self, exc: BaseException, attempt: int) -> int:
+        """Note the failure and wait the next capped backoff; returns the attempt count."""
+        self._failed(exc)
+        await anyio.sleep(self._delay(attempt + 1))
+        return attempt + 1
+
     # ------------------------------------------------------------ the two tasks
 
     async def _read(self) -> None:
@@ -354,9 +360,7 @@ class RedisBackplane:
                 if not reply:
                     await self._follow_epoch()
             except Exception as exc:
-                self._failed(exc)
-                attempt += 1
-                await anyio.sleep(self._delay(attempt))
+                attempt = await self._retry_after(exc, attempt)
                 continue
             attempt = 0
             self._recovered()
@@ -410,9 +414,7 @@ class RedisBackplane:
             try:
                 await self._append(keys=self._keys, args=[self._maxlen, first, *batch])
             except Exception as exc:
-                self._failed(exc)
-                attempt += 1
-                await anyio.sleep(self._delay(attempt))
+                attempt = await self._retry_after(exc, attempt)
                 continue
             attempt = 0
             self._recovered()

@@ -67,20 +67,26 @@ class RedisServer:
             os.kill(process.pid, signal.SIGKILL)
             process.wait(10)
 
-    def restart(self, *, keep_data: bool) -> None:
-        """Stop (saving the data first when ``keep_data``) and start again on the same port."""
+    def shutdown_saving(self) -> None:
+        """Stop after saving the data (a maintenance stop): down until ``start()``, which loads it again."""
         process, self.process = self.process, None
         assert process is not None
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"SHUTDOWN SAVE\r\n")
+            sock.settimeout(10)
+            try:
+                sock.recv(64)
+            except OSError:
+                pass
+        process.wait(10)
+
+    def restart(self, *, keep_data: bool) -> None:
+        """Stop (saving the data first when ``keep_data``) and start again on the same port."""
         if keep_data:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-                sock.sendall(b"SHUTDOWN SAVE\r\n")
-                sock.settimeout(10)
-                try:
-                    sock.recv(64)
-                except OSError:
-                    pass
-            process.wait(10)
+            self.shutdown_saving()
         else:
+            process, self.process = self.process, None
+            assert process is not None
             os.kill(process.pid, signal.SIGKILL)
             process.wait(10)
             try:

@@ -23,7 +23,7 @@ import pytest
 from eventclient import ENDPOINT, HOST, Follower, raw_connect, read_event, read_hello, serving, wait_until
 from hypothesis import example, given, strategies as st
 from processes import Lines, running
-from redis_server import RedisServer, redis_server
+from redis_server import redis_server
 from wire import OP_TEXT, WireClient
 
 from flockws import Server, WebSocketComponentConfig, WebSocketServerComponent
@@ -93,22 +93,6 @@ def stream_ids(url: str, stream: str) -> list[int]:
         return [int(entry_id.split(b"-")[1]) for entry_id, _ in client.xrange(stream)]
     finally:
         client.close()
-
-
-def shutdown_saving(server: RedisServer) -> None:
-    """The first half of ``restart(keep_data=True)``: Redis is down, its data saved, until ``start()``."""
-    import socket
-
-    process, server.process = server.process, None
-    assert process is not None
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(b"SHUTDOWN SAVE\r\n")
-        sock.settimeout(10)
-        try:
-            sock.recv(64)
-        except OSError:
-            pass
-    process.wait(10)
 
 
 # ---------------------------------------------------------------- 1. three nodes, one order
@@ -421,7 +405,7 @@ async def test_publish_buffer_full_refuses_loudly_and_buffered_events_arrive_onc
             await read_hello(wire)
             comp.manager.broadcast({"type": "tick", "n": 0})
             assert (await read_event(wire))["seq"] == 1
-            await anyio.to_thread.run_sync(shutdown_saving, redis)
+            await anyio.to_thread.run_sync(redis.shutdown_saving)
             await wait_until(lambda: not comp.backplane.stats()["connected"], 10, "the node to see Redis down")
             for n in range(1, 6):
                 comp.manager.broadcast({"type": "tick", "n": n})
