@@ -754,3 +754,39 @@ async def test_a_batch_whose_reply_was_lost_is_sent_again_without_duplicates() -
             assert lost == 3 and backplane.stats()["redis_errors"] >= 3
             assert stream_ids(redis.url, "flockws:" + ENDPOINT) == list(range(1, 7))
             await wire.aclose()
+
+
+# ---------------------------------------------------------------- compression on a backplane node
+
+
+async def test_backplane_events_are_compressed_once_per_node_for_deflate_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a node reads from Redis goes to its permessage-deflate clients compressed, once per node."""
+    from websockets.asyncio.client import connect as ws_connect
+
+    import flockws.deflate
+
+    calls = 0
+    real = flockws.deflate.deflate_payload
+
+    def counting(*args: Any, **kwargs: Any) -> bytes:
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flockws.deflate, "deflate_payload", counting)
+    graph = {"type": "graph_updated", "nodes": [{"id": f"agent-{i}", "label": "pizza master"} for i in range(400)]}
+    with redis_server() as redis:
+        async with nodes(redis.url, 2, compression=True) as started:
+            clients = [await ws_connect(server.url(ENDPOINT)) for server, _ in started for _ in range(3)]
+            try:
+                assert all("permessage-deflate" in (c.response.headers.get("sec-websocket-extensions") or "") for c in clients)
+                for client in clients:
+                    await client.recv()  # hello
+                started[0][1].publish(graph)
+                with anyio.fail_after(10):
+                    received = [json.loads(await client.recv()) for client in clients]
+            finally:
+                for client in clients:
+                    await client.close()
+    assert received == [{**graph, "seq": 1}] * 6
+    assert calls == 2  # one compression per node, for its three clients
