@@ -627,12 +627,9 @@ class WebSocketManager:
         max_messages = self.queue_max_messages
         slow: list[Client] | None = None
         for client in clients:
-            if variants and client.deflate_key is not None:
+            if variants:  # a plain client's key is None: it gets the plain frame
                 data = variants.get(client.deflate_key, frame)
                 size = len(data)
-            elif data is not frame:
-                data = frame
-                size = len(frame)
             queue = client.queue
             if queue and (client.queued_bytes + size > max_bytes or len(queue) >= max_messages) and not client.written_now():
                 if slow is None:
