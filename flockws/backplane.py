@@ -276,7 +276,7 @@ class RedisBackplane:
         while True:
             try:
                 epoch, seq = await self._append(keys=self._keys, args=[self._maxlen, 0])
-                newest = await self._redis.xrevrange(stream, count=manager.history.max_events or 1)
+                newest = await self._newest(stream)
                 break
             except Exception as exc:  # redis-py's errors, OSError, and whatever a bad URL raises
                 self._failed(exc)
@@ -300,6 +300,26 @@ class RedisBackplane:
             self._last_id = f"{epoch}-{int(seq)}".encode()
         log.info("backplane %s: stream %s epoch %s at seq %d (%d events of history)",
                  redacted(self.url), stream, epoch, manager.seq, len(manager.history))
+
+    async def _newest(self, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The stream's newest entries, newest first, as far as the local history will keep them.
+
+        Read in pages, so a stream of large events is never fetched whole: it stops at the
+        history's event or byte bound, whichever comes first.
+        """
+        assert self.manager is not None
+        history = self.manager.history
+        newest: list[tuple[bytes, dict[bytes, bytes]]] = []
+        size = 0
+        top = b"+"
+        while len(newest) < max(history.max_events, 1) and size < history.max_bytes:
+            page = await self._redis.xrevrange(stream, max=top, count=min(512, max(history.max_events, 1) - len(newest)))
+            if not page:
+                break
+            newest.extend(page)
+            size += sum(len(fields.get(b"d", b"")) for _, fields in page)
+            top = b"(" + page[-1][0]  # exclusive: the page's oldest id is read
+        return newest
 
     async def run(self) -> None:
         """Read and publish until cancelled (the server owns this task); the Redis client closes on every exit."""

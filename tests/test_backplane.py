@@ -790,3 +790,37 @@ async def test_backplane_events_are_compressed_once_per_node_for_deflate_clients
                     await client.close()
     assert received == [{**graph, "seq": 1}] * 6
     assert calls == 2  # one compression per node, for its three clients
+
+
+# ---------------------------------------------------------------- a joining node's backfill
+
+
+@pytest.mark.parametrize(("history", "kept", "pages"), [({}, 1200, 4), ({"history_max_bytes": 20_000}, None, 1)],
+                         ids=["pages", "byte-bound"])
+async def test_a_joining_node_copies_the_newest_history_in_pages_within_its_bounds(
+    history: dict[str, Any], kept: int | None, pages: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node started late holds the stream's newest events, read 512 at a time, and stops reading at its bounds."""
+    from redis.asyncio import Redis
+
+    with redis_server() as redis:
+        async with serving(node(redis.url, history_max_events=2000)) as first_server:
+            first = first_server.components[0]
+            for n in range(1200):
+                first.publish({"type": "tick", "n": n, "pad": "x" * 40})
+            await wait_until(lambda: first.manager.seq == 1200, 10, "1200 events in Redis")
+        calls = 0
+        real = Redis.xrevrange
+
+        async def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return await real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Redis, "xrevrange", counting)
+        late = node(redis.url, history_max_events=2000, **history)
+        async with serving(late):
+            held = len(late.manager.history)
+            assert held == kept if kept is not None else 0 < held < 1200
+            assert late.manager.history.oldest_seq == 1200 - held + 1 and late.manager.seq == 1200
+    assert calls == pages  # 512 + 512 + 176, then an empty page; or one page already past 20,000 bytes
