@@ -23,7 +23,7 @@ How it works (the README's "Backplane" section says the same for users):
   appended (each node numbers its batches), so a retry never duplicates.
 * **One blocking reader per node** (``XREAD BLOCK``) delivers the stream to the
   node's clients, in order.  The node keeps its own copy of the history, filled
-  from Redis with one ``XREVRANGE`` when it starts: a client resuming on any
+  from Redis with ``XREVRANGE`` pages when it starts: a client resuming on any
   node with ``?since=&epoch=`` is answered from memory, so ten thousand clients
   moving from a dead node cost Redis nothing.
 * **Faults.**  Redis down: clients stay connected, the reader retries with a
