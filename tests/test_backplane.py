@@ -61,6 +61,24 @@ async def connect(port: int, target: str = ENDPOINT) -> WireClient:
     return wire
 
 
+def hold_reader(component: WebSocketServerComponent) -> anyio.Event:
+    """Make every XREAD of this node after the one in flight wait until the returned event is set.
+
+    Reaches into the backplane's Redis client: there is no public way to pause a node's reader.
+    """
+    gate = anyio.Event()
+    assert component.backplane is not None
+    reader = component.backplane._redis
+    xread = reader.xread
+
+    async def gated(*args: Any, **kwargs: Any) -> Any:
+        await gate.wait()
+        return await xread(*args, **kwargs)
+
+    reader.xread = gated
+    return gate
+
+
 async def node_seq(port: int) -> int:
     """The seq a node is at (the hello it gives a new client)."""
     wire = await connect(port)
@@ -223,15 +241,7 @@ async def test_redis_restart_keeping_data_loses_nothing_and_clients_stay() -> No
                 await wait_until(lambda: not comp_b.backplane.stats()["connected"], 10, "node B to see Redis down")
                 # Hold B's reader back until the events of the outage are in Redis: it must
                 # then read on from the last id it had, not from wherever the stream is now.
-                gate = anyio.Event()
-                reader = comp_b.backplane._redis
-                xread = reader.xread
-
-                async def gated(*args: Any, **kwargs: Any) -> Any:
-                    await gate.wait()
-                    return await xread(*args, **kwargs)
-
-                reader.xread = gated
+                gate = hold_reader(comp_b)
                 for n in range(20):
                     (comp_a if n % 2 else comp_b).manager.broadcast({"type": "during", "n": n})
                 assert comp_a.backplane.stats()["buffered"] + comp_b.backplane.stats()["buffered"] > 0
@@ -439,15 +449,7 @@ async def test_node_behind_the_trimmed_stream_tells_the_exact_gap() -> None:
             wire = await connect(b.port)
             await read_hello(wire)
             # Pause B's reader: every XREAD after the one in flight waits for the gate.
-            gate = anyio.Event()
-            reader = comp_b.backplane._redis
-            xread = reader.xread
-
-            async def gated(*args: Any, **kwargs: Any) -> Any:
-                await gate.wait()
-                return await xread(*args, **kwargs)
-
-            reader.xread = gated
+            gate = hold_reader(comp_b)
             comp_a.manager.broadcast({"type": "tick", "n": 1})
             assert await read_event(wire) == {"type": "tick", "n": 1, "seq": 1}
             for n in range(2, total + 1):
